@@ -1,0 +1,107 @@
+"""Cost of one jitted training step of every registered method, relative to standard training.
+
+  python benchmarks/step_cost.py --model=mnist_cnn --output=step_cost_mnist.json
+  python benchmarks/step_cost.py --model=preact_resnet18 --batch-size=128 --output=FILE.json
+
+All methods are compiled first, then timed in interleaved rounds (method A, B, C, A, B, C, ...)
+so that machine noise hits every method alike; the reported time is the median over rounds.
+The JSON written is {"methods": {name: {"seconds": s, "relative": s / s_standard}},
+"model": ..., "batch_size": ..., ...}.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import methods
+from latentadv import parallel
+from latentadv import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model', 'mnist_cnn', 'Model registry name.')
+flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
+flags.DEFINE_integer('steps_per_round', 5, 'Steps timed back to back per method and round.')
+flags.DEFINE_string('output', None, 'Where to write the JSON results.')
+flags.DEFINE_integer('width', 0, 'PreActResNet width (0 = the config default of 64).')
+
+
+def make_config(method: str):
+  """The default config for `method` on the model's dataset (MNIST for mnist_cnn)."""
+  config = default.get_config()
+  if FLAGS.model == 'mnist_cnn':
+    config = default.mnist(config)
+  config.model.name = FLAGS.model
+  if FLAGS.width:
+    config.model.preact_resnet18.width = FLAGS.width
+  config.method.name = method
+  config.optim.batch_size = FLAGS.batch_size
+  return config
+
+
+def compiled_step(method: str, mesh, images, labels):
+  """(jitted step, state, batch) for `method`, compiled and run once."""
+  config = make_config(method)
+  model = train.build_model(config)
+  schedule = train.learning_rate_schedule(config.optim, 1000)
+  tx = train.make_optimizer(config.optim, schedule)
+  state = jax.device_put(train.init_state(model, tx, jax.random.key(0), images.shape[1:]),
+                         parallel.replicated(mesh))
+  step = train.jit_train_step(
+      train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),
+      state, mesh)
+  batch = parallel.global_batch({'image': images, 'label': labels}, mesh)
+  rng = jax.random.key(1)
+  state, metrics = step(state, batch, rng)
+  jax.block_until_ready(metrics)
+  return step, state, batch, rng
+
+
+def main(argv):
+  del argv
+  mesh = parallel.make_mesh()
+  config = make_config('standard')
+  shape = data.DATASETS[config.data.name].image_shape
+  rng = np.random.default_rng(0)
+  images = rng.random((FLAGS.batch_size, *shape), dtype=np.float32)
+  labels = rng.integers(0, 10, FLAGS.batch_size).astype(np.int32)
+  steps = {name: list(compiled_step(name, mesh, images, labels)) for name in methods.METHODS}
+  times = {name: [] for name in methods.METHODS}
+  for _ in range(FLAGS.rounds):
+    for name, entry in steps.items():
+      step, state, batch, rng_key = entry
+      start = time.perf_counter()
+      for _ in range(FLAGS.steps_per_round):
+        state, metrics = step(state, batch, rng_key)
+      jax.block_until_ready((state, metrics))
+      times[name].append((time.perf_counter() - start) / FLAGS.steps_per_round)
+      entry[1] = state
+  medians = {name: statistics.median(t) for name, t in times.items()}
+  results = {
+      'model': FLAGS.model, 'batch_size': FLAGS.batch_size, 'devices': jax.device_count(),
+      'backend': jax.default_backend(), 'rounds': FLAGS.rounds,
+      'steps_per_round': FLAGS.steps_per_round,
+      'model_options': make_config('standard').model[FLAGS.model].to_dict(),
+      'methods': {name: {'seconds': s, 'relative': s / medians['standard']}
+                  for name, s in medians.items()},
+  }
+  print(f'{"method":<12}{"s/step":>10}{"x standard":>12}')
+  for name, entry in results['methods'].items():
+    print(f'{name:<12}{entry["seconds"]:>10.4f}{entry["relative"]:>12.2f}')
+  if FLAGS.output:
+    with open(FLAGS.output, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)

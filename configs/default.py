@@ -1,0 +1,131 @@
+"""Default configuration: every key a run can set, with the CIFAR-10 SLAT recipe as defaults.
+
+Other config files start from `get_config()` and change values; they never add keys (the
+returned config is locked, so a typo is an error). Presets are chosen after a colon:
+`--config=configs/cifar_slat.py:smoke`.
+  smoke: seconds on a CPU (tiny subsets), for tests and for checking a set-up.
+  cpu:   a CIFAR/MNIST setting that finishes in well under an hour on 2 CPU cores.
+"""
+
+import ml_collections
+
+from latentadv import methods
+from latentadv import models
+
+PRESETS = ('', 'smoke', 'cpu')
+
+
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  """Returns the full default config (CIFAR-10, PreActResNet-18, SLAT), with `preset` applied."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='cifar10',
+      source='tfds',          # 'tfds' (downloads) or 'local' (canonical files in data.dir)
+      dir='',                 # directory with the canonical files when source == 'local'
+      tfds_data_dir='',       # '' = tfds default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+      crop_padding=4,         # random crop after zero-padding by this many pixels (0 = off)
+      flip=True,              # random horizontal flip
+      num_train_examples=0,   # use only the first n training examples (0 = all)
+  ))
+
+  config.model = ml_collections.ConfigDict({'name': 'preact_resnet18'})
+  for name, defaults in models.MODEL_DEFAULTS.items():
+    config.model[name] = ml_collections.ConfigDict(defaults)
+
+  config.method = ml_collections.ConfigDict(dict(
+      name='slat',
+      eps=8 / 255,            # L-inf radius in pixel units ([0, 1] images)
+      attack_bn='train',      # BatchNorm mode of attack passes: 'train' (batch stats) or 'eval'
+  ))
+  for name, method in methods.METHODS.items():
+    config.method[name] = method.default_config()
+
+  config.optim = ml_collections.ConfigDict(dict(
+      optimizer='sgd',        # 'sgd' (momentum, PyTorch-style weight decay) or 'adam'
+      batch_size=128,         # global batch size (all devices, all hosts)
+      epochs=30,
+      learning_rate=0.2,      # peak learning rate
+      schedule='cyclic',      # 'cyclic' (0 -> peak -> 0), 'piecewise', 'cosine', 'constant'
+      cyclic_peak=0.4,        # fraction of training at which the cyclic schedule peaks
+      piecewise_boundaries=(0.5, 0.75),  # fractions of training where the LR is multiplied
+      piecewise_factor=0.1,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      log_every_steps=50,
+      checkpoint_every_steps=1000,
+      checkpoints_to_keep=2,
+      eval_every_epochs=1,    # periodic evaluation on a fixed test subset (0 = off)
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=500,
+      n_examples=0,           # final evaluation on the first n test examples (0 = all)
+      pgd_steps=50,
+      pgd_restarts=10,
+      step_size=0.25,         # PGD step as a fraction of eps
+      loss='ce',              # 'ce' or 'margin'
+      periodic_n_examples=1000,
+      periodic_pgd_steps=10,
+      periodic_pgd_restarts=1,
+  ))
+
+  apply_preset(config, preset)
+  config.lock()
+  return config
+
+
+def mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Switches `config` to the MNIST recipe of Wong et al. 2020 (CNN, eps 0.3, Adam, 10 epochs)."""
+  config.data.name = 'mnist'
+  config.data.crop_padding = 0
+  config.data.flip = False
+  config.model.name = 'mnist_cnn'
+  config.method.eps = 0.3
+  config.method.pgd.steps = 40
+  config.method.pgd.step_size = 0.01
+  config.optim.optimizer = 'adam'
+  config.optim.batch_size = 100
+  config.optim.epochs = 10
+  config.optim.learning_rate = 5e-3
+  config.optim.schedule = 'cyclic'
+  config.optim.weight_decay = 0.0
+  return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+  """Applies a named preset ('' = none) in place; see the module docstring."""
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (after a colon).')
+  if preset == 'smoke':
+    config.data.num_train_examples = 512
+    config.model.preact_resnet18.width = 8
+    config.model.wide_resnet.depth = 10
+    config.model.wide_resnet.widen_factor = 1
+    config.optim.batch_size = 64
+    config.optim.epochs = 2
+    config.method.pgd.steps = 3
+    config.train.log_every_steps = 4
+    config.train.checkpoint_every_steps = 8
+    config.eval.batch_size = 128
+    config.eval.n_examples = 256
+    config.eval.pgd_steps = 5
+    config.eval.pgd_restarts = 2
+    config.eval.periodic_n_examples = 128
+    config.eval.periodic_pgd_steps = 3
+  elif preset == 'cpu':
+    config.data.num_train_examples = 10000
+    config.model.preact_resnet18.width = 16
+    config.model.wide_resnet.depth = 16
+    config.model.wide_resnet.widen_factor = 2
+    config.optim.epochs = 10
+    config.eval.batch_size = 250
+    config.eval.n_examples = 1000
+    config.eval.pgd_restarts = 2
+    config.eval.periodic_n_examples = 500
+  return config

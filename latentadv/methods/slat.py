@@ -1,0 +1,64 @@
+"""SLAT: single-step latent adversarial training (Park & Lee, ICCV 2021).
+
+Pass 1 runs the model on the clean batch with zero perturbations at the input and at every
+tap in `taps`, and ONE backward pass (`jax.vjp` at delta = 0) returns the gradient with respect
+to the input and to every tapped feature map together; the latent gradients therefore cost
+nothing beyond FGSM's input gradient. Parameter gradients are not requested in pass 1, and its
+BatchNorm statistics are discarded.
+
+Perturbations, without a random start:
+  input:      delta_x = clip(alpha * eps * sign(g_x), -eps, eps), x + delta_x clipped to [0, 1];
+  latent l:   delta_l = clip(2 * alpha * eps_h * sign(g_l), -eps_h, eps_h) (= eps_h * sign(g_l)
+              for alpha >= 0.5), in raw feature units; the model's tap keeps h_l + delta_l in the
+              per-sample, per-channel range of the pass-2 feature map (see models/taps.py).
+Pass 2 trains on the cross-entropy of the perturbed forward only; its BatchNorm statistics are
+kept (the reference code also keeps pass 1's; we do not, see METHODS.md).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from latentadv import models
+from latentadv.methods import common
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """alpha: input step as a fraction of eps; eps_h: latent radius; taps: perturbed features."""
+  return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=8 / 255, taps=('stem', 'stage1')))
+
+
+def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, jax.Array]:
+  """Zeros shaped like the feature maps at the taps `names` for input x (B, H, W, C)."""
+  shapes = models.tap_shapes(apply_fn, variables, x.shape)
+  missing = sorted(set(names) - set(shapes))
+  if missing:
+    raise ValueError(f'config.method.slat.taps names {missing}, which the model does not have; '
+                     f'its taps are {sorted(shapes)}.')
+  return {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
+
+
+def input_and_latent_gradients(logits_fn, x: jax.Array, labels: jax.Array, deltas):
+  """Gradients of the summed CE w.r.t. x (B, H, W, C) and each tap delta, from one vjp."""
+  def summed_loss(x, deltas):
+    logits = logits_fn(x, deltas)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+  _, pullback = jax.vjp(summed_loss, x, deltas)
+  return pullback(jnp.ones(()))
+
+
+def loss(apply_fn, params, model_state, batch, rng, config):
+  """Cross-entropy of the SLAT-perturbed forward pass; see the module docstring."""
+  attack_rng, train_rng = jax.random.split(rng)
+  x, y = batch['image'], batch['label']
+  eps, cfg = config.eps, config.slat
+  logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
+  zeros = zero_perturbations(apply_fn, {'params': params, **model_state}, x, cfg.taps)
+  grad_x, grad_latent = input_and_latent_gradients(logits_fn, x, y, zeros)
+  delta_x = jnp.clip(cfg.alpha * eps * jnp.sign(grad_x), -eps, eps)
+  x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
+  deltas = {name: jnp.clip(2 * cfg.alpha * cfg.eps_h * jnp.sign(g), -cfg.eps_h, cfg.eps_h)
+            for name, g in grad_latent.items()}
+  return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
+                         train_rng, perturbations=jax.lax.stop_gradient(deltas))

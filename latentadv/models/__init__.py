@@ -1,0 +1,70 @@
+"""Model registry: build a classifier by name, initialise it, and list its latent taps."""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from latentadv.models.mnist_cnn import MnistCNN
+from latentadv.models.preact_resnet import PreActResNet18
+from latentadv.models.taps import COLLECTION
+from latentadv.models.wide_resnet import WideResNet
+
+MODELS = {
+    'mnist_cnn': MnistCNN,
+    'preact_resnet18': PreActResNet18,
+    'wide_resnet': WideResNet,
+}
+
+# Model-specific options of each model as configured by default (config.model.<name>).
+MODEL_DEFAULTS = {
+    'mnist_cnn': {},
+    'preact_resnet18': {'width': 64},
+    'wide_resnet': {'depth': 28, 'widen_factor': 10, 'dropout': 0.3},
+}
+
+_COMMON_FIELDS = ('parent', 'name', 'num_classes', 'mean', 'std')
+
+
+def create_model(name: str, options: Mapping, *, num_classes: int, mean: Sequence[float],
+                 std: Sequence[float]) -> nn.Module:
+  """Returns the registered model `name` with model-specific `options` (e.g. {'width': 64}).
+
+  mean and std are per-channel (C,) sequences; the model normalises its [0, 1] input with them.
+  Raises ValueError for an unknown name or option, listing the valid ones.
+  """
+  if name not in MODELS:
+    raise ValueError(f'Unknown model {name!r}; valid models: {", ".join(sorted(MODELS))}.')
+  cls = MODELS[name]
+  valid = sorted(f.name for f in dataclasses.fields(cls) if f.name not in _COMMON_FIELDS)
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f'Unknown options {unknown} for model {name!r}; valid options: {valid}.')
+  return cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), **options)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int]) -> dict:
+  """Initialises `model` on zeros of input_shape (B, H, W, C).
+
+  Returns {'params': ..., 'batch_stats': ...} ('batch_stats' only if the model has BatchNorm),
+  without the zero 'perturbations' collection that init creates at the taps.
+  """
+  if len(input_shape) != 4:
+    raise ValueError(f'input_shape must be (B, H, W, C), got {tuple(input_shape)}.')
+  variables = jax.jit(model.init)(rng, jnp.zeros(input_shape, jnp.float32))
+  return {key: value for key, value in variables.items() if key != COLLECTION}
+
+
+def tap_shapes(apply_fn, variables: Mapping, x_shape: Sequence[int]
+               ) -> dict[str, jax.ShapeDtypeStruct]:
+  """{tap name: ShapeDtypeStruct (B, ..., C)} of every tap of `apply_fn` for inputs x_shape.
+
+  Computed abstractly (jax.eval_shape of an apply with the taps' collection mutable): no FLOPs.
+  """
+  variables = {key: value for key, value in variables.items() if key != COLLECTION}
+  x = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
+  _, state = jax.eval_shape(
+      lambda v, x: apply_fn(v, x, mutable=[COLLECTION]), variables, x)
+  return dict(state[COLLECTION])

@@ -1,0 +1,35 @@
+"""The small MNIST CNN of Wong et al. (2020), "Fast is better than free"."""
+
+import flax.linen as nn
+import jax
+
+from latentadv.models.common import normalize, readout
+from latentadv.models.taps import tap
+
+_PAD1 = ((1, 1), (1, 1))
+
+
+class MnistCNN(nn.Module):
+  """conv16 4x4/2 - relu [stem] - conv32 4x4/2 - relu [stage1] - dense100 - relu - head.
+
+  Taps: 'stem' (B, H/2, W/2, 16) and 'stage1' (B, H/4, W/4, 32); features (B, 100).
+  """
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, output: str = 'logits') -> jax.Array:
+    """Maps images x (B, H, W, C) in [0, 1] to logits (B, num_classes) or features (B, 100).
+
+    `train` is accepted for a uniform model interface; this model has no BatchNorm or dropout.
+    """
+    del train
+    h = normalize(x, self.mean, self.std)
+    h = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1')(h))
+    h = tap(self, 'stem', h)
+    h = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2')(h))
+    h = tap(self, 'stage1', h)
+    h = h.reshape((h.shape[0], -1))
+    h = nn.relu(nn.Dense(100, name='fc')(h))
+    return readout(h, self.num_classes, output)

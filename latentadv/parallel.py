@@ -1,0 +1,44 @@
+"""Device mesh and shardings for data-parallel training on 1 device, N devices or many hosts.
+
+Parameters and optimizer state are replicated; batches are split along their leading axis
+over the mesh axis 'data'. Each host feeds only its own slice of the global batch.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh, axis 'data' with GSPMD auto sharding, over `devices` (default: all devices)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding that keeps a full copy of an array on every device."""
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding that splits an array's leading (batch) axis over the mesh."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
+  """Assembles this process's per-host arrays (b, ...) into global arrays (b * processes, ...)."""
+  sharding = data_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def check_batch_size(global_size: int, name: str, mesh: jax.sharding.Mesh) -> int:
+  """Returns the per-process batch size; raises if `global_size` can't be split evenly."""
+  devices, processes = mesh.devices.size, jax.process_count()
+  if global_size % devices:
+    raise ValueError(f'{name} = {global_size} must be divisible by the number of devices '
+                     f'({devices}); choose a multiple of {devices}.')
+  return global_size // processes

@@ -1,0 +1,267 @@
+"""The one generic trainer: data -> state -> jitted method step -> metrics, checkpoints, eval.
+
+`train_and_evaluate(config, workdir)` trains `config.method.name` on `config.data.name`, resumes
+from the latest checkpoint in `workdir` if there is one, evaluates periodically on a fixed test
+subset and fully at the end, and writes config.json, results.json, TensorBoard events and
+checkpoints into `workdir`.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from latentadv import checkpoint
+from latentadv import data
+from latentadv import evaluate
+from latentadv import methods
+from latentadv import models
+from latentadv import parallel
+from latentadv import validation
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree, checkpointed as a whole."""
+  step: jax.Array
+  params: Any
+  model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
+  opt_state: Any
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The learning rate as a function of the step, per `optim.schedule`."""
+  peak = optim.learning_rate
+  if optim.schedule == 'cyclic':
+    rise = max(1, int(optim.cyclic_peak * total_steps))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, rise),
+         optax.linear_schedule(peak, 0.0, max(1, total_steps - rise))], [rise])
+  if optim.schedule == 'piecewise':
+    boundaries = {int(b * total_steps): optim.piecewise_factor
+                  for b in optim.piecewise_boundaries}
+    return optax.piecewise_constant_schedule(peak, boundaries)
+  if optim.schedule == 'cosine':
+    return optax.cosine_decay_schedule(peak, total_steps)
+  return optax.constant_schedule(peak)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum or Adam, with weight decay added to the gradient (as in PyTorch)."""
+  if optim.optimizer == 'adam':
+    step_rule = optax.adam(schedule)
+  else:
+    step_rule = optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)
+  return optax.chain(optax.add_decayed_weights(optim.weight_decay), step_rule)
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The Flax model named by config.model, normalised for config.data's dataset."""
+  info = data.DATASETS[config.data.name]
+  return models.create_model(config.model.name, config.model[config.model.name].to_dict(),
+                             num_classes=info.num_classes, mean=info.mean, std=info.std)
+
+
+def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+               image_shape: tuple[int, ...]) -> TrainState:
+  """A fresh TrainState for images of shape (H, W, C)."""
+  variables = dict(models.init_variables(model, rng, (1, *image_shape)))
+  params = variables.pop('params')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=tx.init(params))
+
+
+def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict):
+  """Returns train_step(state, batch, rng) -> (new state, metrics) (not yet jitted).
+
+  batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}. The step's randomness
+  is fold_in(rng, step): augmentation and the method's noise depend only on (seed, step).
+  """
+  def train_step(state: TrainState, batch, rng):
+    aug_rng, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    images = data.augment(aug_rng, batch['image'], config.data.crop_padding, config.data.flip)
+
+    def loss_fn(params):
+      loss, metrics, model_state = method_loss(
+          apply_fn, params, state.model_state, {'image': images, 'label': batch['label']},
+          method_rng, config.method)
+      return loss, (metrics, model_state)
+
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           model_state=model_state, opt_state=opt_state)
+    metrics = {**metrics, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': schedule(state.step)}
+    return new_state, metrics
+  return train_step
+
+
+def jit_train_step(train_step, state: TrainState, mesh):
+  """jax.jit of train_step with replicated state (donated) and a data-sharded batch."""
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+  return jax.jit(train_step,
+                 in_shardings=(state_sharding, parallel.data_sharded(mesh),
+                               parallel.replicated(mesh)),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def write_json_atomically(path: str, record: dict):
+  """Writes `record` as JSON to `path` via a temporary file and a rename (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _check_finite(step_metrics: list[dict], first_step: int, last_checkpoint, workdir: str):
+  """Raises FloatingPointError naming the first step whose loss is NaN or infinite."""
+  for offset, metrics in enumerate(step_metrics):
+    if not np.isfinite(metrics['loss']):
+      raise FloatingPointError(
+          f'The training loss is {metrics["loss"]} at step {first_step + offset}; stopping. '
+          f'The last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints. Lower '
+          'config.optim.learning_rate or check the data and the method config.')
+
+
+class _PeriodicEval:
+  """Clean and PGD accuracy on the first `eval.periodic_n_examples` test examples."""
+
+  def __init__(self, config, apply_fn, test_images, test_labels, mesh):
+    n = config.eval.periodic_n_examples
+    self._images, self._labels = test_images[:n], test_labels[:n]
+    self._evaluator = evaluate.Evaluator(
+        apply_fn, mesh, eps=config.method.eps, steps=config.eval.periodic_pgd_steps,
+        restarts=config.eval.periodic_pgd_restarts,
+        step_size=config.eval.step_size * config.method.eps, loss=config.eval.loss,
+        batch_size=config.eval.batch_size)
+    self._rng = jax.random.key(config.seed + 1)
+
+  def __call__(self, variables) -> dict:
+    return self._evaluator(variables, self._images, self._labels, self._rng)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates and writes the results of the run described by `config` into `workdir`.
+
+  Returns the results record (also written to `workdir/results.json`).
+  """
+  validation.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
+  mesh = parallel.make_mesh()
+  local_batch = parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size',
+                                           mesh)
+
+  train_images, train_labels = data.load_split(config.data, 'train', jax.process_index(),
+                                               jax.process_count())
+  if config.data.num_train_examples:
+    per_process = config.data.num_train_examples // jax.process_count()
+    train_images, train_labels = train_images[:per_process], train_labels[:per_process]
+  test_images, test_labels = data.load_split(config.data, 'test', 0, 1)
+  stream = data.TrainStream(train_images, train_labels, local_batch, config.seed)
+  steps_per_epoch = stream.steps_per_epoch
+  total_steps = config.optim.epochs * steps_per_epoch
+
+  model = build_model(config)
+  schedule = learning_rate_schedule(config.optim, total_steps)
+  tx = make_optimizer(config.optim, schedule)
+  rng, init_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.device_put(init_state(model, tx, init_rng, train_images.shape[1:]),
+                         parallel.replicated(mesh))
+  checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
+                                       config.train.checkpoints_to_keep)
+  progress = {'history': [], 'train_seconds': 0.0}
+  restored = checkpoints.restore(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  if restored is not None:
+    state, progress = restored
+    logging.info('Resumed from step %d of %d.', int(state.step), total_steps)
+
+  train_step = jit_train_step(
+      make_train_step(model.apply, methods.METHODS[config.method.name].loss, tx, schedule,
+                      config), state, mesh)
+  periodic_eval = _PeriodicEval(config, model.apply, test_images, test_labels, mesh)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every_steps)
+
+  first_step = int(state.step)
+  logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d device(s).',
+               config.method.name, config.data.name, config.model.name, config.optim.epochs,
+               steps_per_epoch, config.optim.batch_size, jax.device_count())
+  pending, pending_start = [], first_step
+  segment_start = time.perf_counter()
+  for step in range(first_step, total_steps):
+    state, metrics = train_step(state, parallel.global_batch(stream.batch(step), mesh), rng)
+    pending.append(metrics)
+    done = step + 1
+    report_progress(done)
+    epoch_end = done % steps_per_epoch == 0
+    if (done % config.train.log_every_steps == 0 or epoch_end
+        or done % config.train.checkpoint_every_steps == 0 or done == total_steps):
+      fetched = jax.device_get(pending)
+      _check_finite(fetched, pending_start, checkpoints.latest_step(), workdir)
+      writer.write_scalars(done, {f'train/{k}': float(np.mean([m[k] for m in fetched]))
+                                  for k in fetched[0]})
+      pending, pending_start = [], done
+    if epoch_end:
+      progress['train_seconds'] += time.perf_counter() - segment_start
+      epoch = done // steps_per_epoch
+      record = {'epoch': epoch, 'step': done, 'train_seconds': progress['train_seconds'],
+                **{f'train_{k}': float(v) for k, v in fetched[-1].items()}}
+      if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
+        result = periodic_eval({'params': state.params, **state.model_state})
+        record.update(clean_accuracy=result['clean_accuracy'],
+                      pgd_accuracy=result['pgd_accuracy'])
+        writer.write_scalars(done, {'eval/clean_accuracy': result['clean_accuracy'],
+                                    'eval/pgd_accuracy': result['pgd_accuracy']})
+      progress['history'].append(record)
+      logging.info('Epoch %d/%d: %s', epoch, config.optim.epochs,
+                   {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+      segment_start = time.perf_counter()
+    checkpoints.save(done, state, progress, force=done == total_steps)
+  checkpoints.close()
+  writer.flush()
+
+  final = evaluate.Evaluator(
+      model.apply, mesh, eps=config.method.eps, steps=config.eval.pgd_steps,
+      restarts=config.eval.pgd_restarts, step_size=config.eval.step_size * config.method.eps,
+      loss=config.eval.loss, batch_size=config.eval.batch_size)
+  n = config.eval.n_examples or len(test_labels)
+  final_result = final({'params': state.params, **state.model_state}, test_images[:n],
+                       test_labels[:n], jax.random.key(config.seed + 2))
+  writer.write_scalars(total_steps, {'final/clean_accuracy': final_result['clean_accuracy'],
+                                     'final/pgd_accuracy': final_result['pgd_accuracy']})
+  writer.close()
+  images_seen = total_steps * config.optim.batch_size
+  results = {
+      'method': config.method.name, 'dataset': config.data.name, 'model': config.model.name,
+      'eps': config.method.eps, 'epochs': config.optim.epochs, 'steps': total_steps,
+      'batch_size': config.optim.batch_size, 'devices': jax.device_count(),
+      'train_seconds': progress['train_seconds'],
+      'images_per_second': images_seen / max(progress['train_seconds'], 1e-9),
+      'final': final_result, 'history': progress['history'],
+  }
+  write_json_atomically(os.path.join(workdir, 'results.json'), results)
+  logging.info('Final: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
+               final_result['clean_accuracy'], config.eval.pgd_steps, config.eval.pgd_restarts,
+               final_result['pgd_accuracy'], final_result['n_examples'],
+               progress['train_seconds'])
+  return results

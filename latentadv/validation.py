@@ -1,0 +1,63 @@
+"""Checks a run's config before anything is built; every error names the key and the fix."""
+
+import ml_collections
+
+from latentadv import data
+from latentadv import methods
+from latentadv import models
+
+
+class ConfigError(ValueError):
+  """An invalid value in a run's config."""
+
+
+def _require(condition: bool, key: str, value, expected: str):
+  if not condition:
+    raise ConfigError(f'config.{key} = {value!r} is invalid: expected {expected}.')
+
+
+def _one_of(config, key: str, choices):
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  _require(value in choices, key, value, f'one of {sorted(choices)}')
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Raises ConfigError for the first invalid value in `config`."""
+  _one_of(config, 'data.name', data.DATASETS)
+  _one_of(config, 'data.source', ('tfds', 'local'))
+  _one_of(config, 'model.name', models.MODELS)
+  _one_of(config, 'method.name', methods.METHODS)
+  _one_of(config, 'method.attack_bn', ('train', 'eval'))
+  _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
+  _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
+  _one_of(config, 'eval.loss', ('ce', 'margin'))
+  if config.data.source == 'local':
+    _require(bool(config.data.dir), 'data.dir', config.data.dir,
+             'a directory with the dataset files when data.source is "local"')
+  _require(config.method.eps >= 0, 'method.eps', config.method.eps, 'eps >= 0 (pixel units)')
+  _require(config.data.crop_padding >= 0, 'data.crop_padding', config.data.crop_padding,
+           'an integer >= 0')
+  _require(config.data.num_train_examples >= 0, 'data.num_train_examples',
+           config.data.num_train_examples, 'an integer >= 0 (0 = all)')
+  for key in ('optim.batch_size', 'optim.epochs', 'eval.batch_size', 'eval.pgd_steps',
+              'eval.pgd_restarts', 'eval.periodic_pgd_steps', 'eval.periodic_pgd_restarts',
+              'eval.periodic_n_examples', 'train.log_every_steps',
+              'train.checkpoint_every_steps', 'train.checkpoints_to_keep'):
+    section, name = key.split('.')
+    value = config[section][name]
+    _require(isinstance(value, int) and value > 0, key, value, 'an integer > 0')
+  for key in ('optim.learning_rate', 'eval.step_size'):
+    section, name = key.split('.')
+    _require(config[section][name] > 0, key, config[section][name], 'a number > 0')
+  _require(config.optim.weight_decay >= 0, 'optim.weight_decay', config.optim.weight_decay,
+           'a number >= 0')
+  _require(0 < config.optim.cyclic_peak < 1, 'optim.cyclic_peak', config.optim.cyclic_peak,
+           'a fraction in (0, 1)')
+  _require(config.eval.n_examples >= 0, 'eval.n_examples', config.eval.n_examples,
+           'an integer >= 0 (0 = the whole test set)')
+  name = config.method.name
+  for key, value in config.method[name].items():
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      _require(value >= 0, f'method.{name}.{key}', value, 'a number >= 0')

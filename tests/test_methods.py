@@ -1,0 +1,176 @@
+"""Training methods: each step's contract, and SLAT's single backward pass."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from latentadv import methods
+from latentadv import models
+from latentadv.methods import common
+from latentadv.methods import slat
+
+
+def _setup(model_name='preact_resnet18', method='standard', batch=4):
+  """(config, model, params, model_state, batch); the model part is built once per shape."""
+  config = default.get_config()
+  config.method.name = method
+  return (config, *_model_and_batch(model_name, batch))
+
+
+@functools.cache
+def _model_and_batch(model_name, batch):
+  options = {'preact_resnet18': {'width': 4}, 'mnist_cnn': {}}[model_name]
+  shape = (batch, 32, 32, 3) if model_name == 'preact_resnet18' else (batch, 28, 28, 1)
+  channels = shape[-1]
+  model = models.create_model(model_name, options, num_classes=10, mean=(0.5,) * channels,
+                              std=(0.25,) * channels)
+  variables = dict(models.init_variables(model, jax.random.key(0), shape))
+  params = variables.pop('params')
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.random(shape, dtype=np.float32)),
+           'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+  return model, params, variables, batch
+
+
+def _loss(name, config, model, params, state, batch, rng):
+  """The jitted loss of method `name`: (loss, metrics, new model state)."""
+  return jax.jit(lambda p, s, b, r: methods.METHODS[name].loss(model.apply, p, s, b, r,
+                                                               config.method))(
+                                                                   params, state, batch, rng)
+
+
+@pytest.mark.parametrize('name', sorted(methods.METHODS))
+def test_each_method_returns_finite_loss_gradients_metrics_and_state(name):
+  config, model, params, state, batch = _setup(method=name)
+
+  def loss_fn(params):
+    loss, metrics, new_state = methods.METHODS[name].loss(model.apply, params, state, batch,
+                                                          jax.random.key(1), config.method)
+    return loss, (metrics, new_state)
+  (loss, (metrics, new_state)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      params)
+  assert np.isfinite(loss)
+  assert set(metrics) >= {'loss', 'accuracy'}
+  chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+  # Train-mode BatchNorm of the training pass moves the running statistics.
+  assert any(not np.allclose(a, b)
+             for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)))
+  chex.assert_tree_all_finite(grads)
+  assert optax.global_norm(grads) > 0
+
+
+@pytest.mark.parametrize('name', ['fgsm', 'fgsm_rs', 'pgd', 'slat'])
+def test_adversarial_methods_raise_the_training_loss(name):
+  config, model, params, state, batch = _setup('mnist_cnn', method=name, batch=16)
+  config.method.eps = 0.3
+  standard_loss, _, _ = _loss('standard', config, model, params, state, batch,
+                              jax.random.key(1))
+  loss, _, _ = _loss(name, config, model, params, state, batch, jax.random.key(1))
+  assert loss > standard_loss + 1e-3
+
+
+@pytest.mark.parametrize('name', ['fgsm', 'slat'])
+def test_zero_radius_is_standard_training_including_batchnorm_state(name):
+  """With eps = eps_h = 0 the perturbation passes must leave no trace: not even in BN stats."""
+  config, model, params, state, batch = _setup(method=name)
+  config.method.eps = 0.0
+  config.method.slat.eps_h = 0.0
+  rng = jax.random.key(3)
+  expected = _loss('standard', config, model, params, state, batch, rng)
+  got = _loss(name, config, model, params, state, batch, rng)
+  chex.assert_trees_all_close(got[0], expected[0], rtol=1e-5)
+  chex.assert_trees_all_close(got[2], expected[2], rtol=1e-5)
+
+
+def test_slat_gradients_equal_separately_computed_gradients():
+  config, model, params, state, batch = _setup()
+  x, y = batch['image'], batch['label']
+  logits_fn = common.attack_forward(model.apply, params, state, jax.random.key(0), 'train')
+  zeros = slat.zero_perturbations(model.apply, {'params': params, **state}, x, config.method.slat.taps)
+  grad_x, grad_latent = jax.jit(
+      lambda x, z: slat.input_and_latent_gradients(logits_fn, x, y, z))(x, zeros)
+  separate_x = jax.jit(lambda x: common.input_gradient(logits_fn, x, y))(x)
+  chex.assert_trees_all_close(grad_x, separate_x, atol=1e-6)
+  assert set(grad_latent) == {'stem', 'stage1'}
+  for name in grad_latent:
+    def loss_of_one_tap(delta, name=name):
+      return common.cross_entropy(logits_fn(x, {name: delta}), y) * len(y)
+    separate = jax.jit(jax.grad(loss_of_one_tap))(zeros[name])
+    chex.assert_trees_all_close(grad_latent[name], separate, atol=1e-6)
+    assert np.abs(separate).max() > 0
+
+
+def _count_convolutions(name):
+  """Convolutions in the jaxpr of the full training gradient of method `name`."""
+  config, model, params, state, batch = _setup(method=name)
+  def loss_of_params(p):
+    return methods.METHODS[name].loss(model.apply, p, state, batch, jax.random.key(0),
+                                      config.method)[0]
+  jaxpr = jax.make_jaxpr(jax.grad(loss_of_params))(params)
+
+  def count(jaxpr):
+    total = 0
+    for eqn in jaxpr.eqns:
+      total += eqn.primitive.name == 'conv_general_dilated'
+      for value in eqn.params.values():
+        for inner in value if isinstance(value, (list, tuple)) else [value]:
+          inner = getattr(inner, 'jaxpr', inner)  # ClosedJaxpr -> Jaxpr
+          if hasattr(inner, 'eqns'):
+            total += count(inner)
+    return total
+  return count(jaxpr.jaxpr)
+
+
+def test_slat_costs_exactly_the_convolutions_of_fgsm():
+  """SLAT's latent gradients add no convolution: its step has as many as FGSM's.
+
+  Pass 1 of both is one forward and one input-gradient backward; pass 2 one forward and one
+  parameter backward. An extra backward pass for the latent gradients would add convolutions.
+  """
+  fgsm, slat_count, standard = (_count_convolutions(n) for n in ('fgsm', 'slat', 'standard'))
+  assert standard > 0
+  assert slat_count == fgsm
+  assert fgsm > standard
+
+
+def test_slat_trains_on_input_and_latent_perturbations_of_the_configured_size():
+  """The SLAT loss equals the train-mode CE at the documented perturbations, and each part
+  matters: dropping the latent perturbation, or shrinking it, changes the loss."""
+  config, model, params, state, batch = _setup(method='slat')
+  eps, cfg = config.method.eps, config.method.slat
+  x, y = batch['image'], batch['label']
+  rng = jax.random.key(4)
+  attack_rng, train_rng = jax.random.split(rng)
+
+  @jax.jit
+  def reference_losses(params):
+    logits_fn = common.attack_forward(model.apply, params, state, attack_rng, 'train')
+    zeros = slat.zero_perturbations(model.apply, {'params': params, **state}, x, cfg.taps)
+    grad_x, grad_latent = slat.input_and_latent_gradients(logits_fn, x, y, zeros)
+    x_adv = jnp.clip(x + cfg.alpha * eps * jnp.sign(grad_x), 0, 1)
+    latent = {k: cfg.eps_h * jnp.sign(g) for k, g in grad_latent.items()}
+    def train_loss(x, perturbations):
+      return common.train_on(model.apply, params, state, x, y, train_rng, perturbations)[0]
+    halved = {k: v / 2 for k, v in latent.items()}
+    return (train_loss(x_adv, latent), train_loss(x_adv, None), train_loss(x_adv, halved),
+            jnp.abs(x_adv - x).max())
+
+  full, input_only, half_latent, largest_input_step = reference_losses(params)
+  loss, _, _ = _loss('slat', config, model, params, state, batch, rng)
+  assert float(largest_input_step) == pytest.approx(cfg.alpha * eps, rel=1e-5)
+  assert float(loss) == pytest.approx(float(full), rel=1e-5)
+  assert abs(float(full) - float(input_only)) > 1e-4
+  assert abs(float(full) - float(half_latent)) > 1e-5
+
+
+def test_slat_rejects_unknown_taps():
+  config, model, params, state, batch = _setup()
+  with pytest.raises(ValueError, match='stage9'):
+    slat.zero_perturbations(model.apply, {'params': params, **state}, batch['image'],
+                            ('stem', 'stage9'))

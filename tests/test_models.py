@@ -1,0 +1,228 @@
+"""Tests for the model registry, the three classifiers and their latent taps."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from latentadv import models
+
+NUM_CLASSES = 10
+# name -> (tiny options, input shape, expected tap shapes, feature dim, consumer of 'stem').
+CASES = {
+    'mnist_cnn': ({}, (2, 28, 28, 1),
+                  {'stem': (2, 14, 14, 16), 'stage1': (2, 7, 7, 32)}, 100, 'conv2'),
+    'preact_resnet18': ({'width': 8}, (2, 16, 16, 3),
+                        {'stem': (2, 16, 16, 8), 'stage1': (2, 16, 16, 8),
+                         'stage2': (2, 8, 8, 16), 'stage3': (2, 4, 4, 32),
+                         'stage4': (2, 2, 2, 64)}, 64, 'stage1_block1'),
+    'wide_resnet': ({'depth': 10, 'widen_factor': 1}, (2, 16, 16, 3),
+                    {'stem': (2, 16, 16, 16), 'stage1': (2, 16, 16, 16),
+                     'stage2': (2, 8, 8, 32), 'stage3': (2, 4, 4, 64)}, 64, 'stage1_block1'),
+}
+NAMES = sorted(CASES)
+
+
+def _key(seed):
+  # rbg keys: threefry's random ops compile slowly on CPU, and init draws many shapes.
+  return jax.random.key(seed, impl='rbg')
+
+
+def _stats(channels):
+  return dict(mean=(0.4,) * channels, std=(0.2,) * channels)
+
+
+def _normal(seed, shape, scale=1.):
+  return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+@pytest.fixture(scope='module', params=NAMES)
+def case(request):
+  """(name, model, variables, x, jitted model.apply) for one registered model at tiny size."""
+  name = request.param
+  options, shape, *_ = CASES[name]
+  model = models.create_model(name, options, num_classes=NUM_CLASSES, **_stats(shape[-1]))
+  variables = models.init_variables(model, _key(0), shape)
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=shape), jnp.float32)
+  apply = jax.jit(model.apply, static_argnames=('train', 'output', 'mutable'))
+  return name, model, variables, x, apply
+
+
+def _deltas(model, variables, x, scale):
+  """{tap: (B, ..., C)} normal perturbations of the given scale at every tap."""
+  shapes = models.tap_shapes(model.apply, variables, x.shape)
+  return {tap: _normal(seed, s.shape, scale)
+          for seed, (tap, s) in enumerate(sorted(shapes.items()))}
+
+
+def _at_input_of(module_name, fn):
+  """Interceptor applying fn to the first argument of the top-level submodule module_name."""
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and context.module.scope.path == (module_name,):
+      args = (fn(args[0]),) + tuple(args[1:])
+    return next_fun(*args, **kwargs)
+  return interceptor
+
+
+def _loss(model, variables, x, deltas):
+  labels = jnp.arange(x.shape[0]) % NUM_CLASSES
+  logits = model.apply({**variables, 'perturbations': deltas}, x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+
+def test_registry_lists_all_models():
+  assert sorted(models.MODELS) == NAMES
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(ValueError, match='resnet9') as info:
+    models.create_model('resnet9', {}, num_classes=10, mean=(0.,), std=(1.,))
+  for name in NAMES:
+    assert name in str(info.value)
+
+
+def test_unknown_option_is_an_error():
+  with pytest.raises(ValueError, match='widen_factor'):
+    models.create_model('preact_resnet18', {'widen_factor': 2}, num_classes=10,
+                        mean=(0.,), std=(1.,))
+
+
+def test_wide_resnet_rejects_bad_depth():
+  model = models.create_model('wide_resnet', {'depth': 12, 'widen_factor': 1}, num_classes=10,
+                              mean=(0.,), std=(1.,))
+  with pytest.raises(ValueError, match=r'6 n \+ 4'):
+    models.tap_shapes(model.apply, {}, (1, 8, 8, 1))
+
+
+def test_output_shapes(case):
+  name, _, variables, x, apply = case
+  logits = apply(variables, x)
+  features = apply(variables, x, output='features')
+  chex.assert_shape(logits, (x.shape[0], NUM_CLASSES))
+  chex.assert_shape(features, (x.shape[0], CASES[name][3]))
+  chex.assert_tree_all_finite((logits, features))
+  with pytest.raises(ValueError, match='output'):
+    apply(variables, x, output='penultimate')
+
+
+def test_logits_are_the_linear_head_of_the_features(case):
+  _, _, variables, x, apply = case
+  head = variables['params']['head']
+  features = apply(variables, x, output='features')
+  np.testing.assert_allclose(apply(variables, x), features @ head['kernel'] + head['bias'],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_init_variables_collections(case):
+  name, _, variables, _, _ = case
+  expected = {'params'} if name == 'mnist_cnn' else {'params', 'batch_stats'}
+  assert set(variables) == expected
+
+
+def test_tap_shapes(case):
+  name, model, variables, x, _ = case
+  shapes = models.tap_shapes(model.apply, variables, x.shape)
+  assert {'stem', 'stage1'} <= set(shapes)
+  assert {tap: s.shape for tap, s in shapes.items()} == CASES[name][2]
+  for s in shapes.values():
+    assert isinstance(s, jax.ShapeDtypeStruct) and s.dtype == jnp.float32
+
+
+def test_perturbations_at_taps(case):
+  _, model, variables, x, apply = case
+  clean = apply(variables, x)
+  zeros = _deltas(model, variables, x, scale=0.)
+  np.testing.assert_array_equal(apply({**variables, 'perturbations': zeros}, x), clean)
+  for tap, delta in _deltas(model, variables, x, scale=0.5).items():
+    logits = apply({**variables, 'perturbations': {**zeros, tap: delta}}, x)
+    assert np.abs(logits - clean).max() > 1e-4, tap
+
+
+def test_input_and_tap_gradients_from_one_grad_call(case):
+  name, model, variables, x, _ = case
+  zeros = _deltas(model, variables, x, scale=0.)
+  grad_x, grad_deltas = jax.jit(jax.grad(
+      lambda x, d: _loss(model, variables, x, d), argnums=(0, 1)))(x, zeros)
+  chex.assert_trees_all_equal_shapes(grad_deltas, zeros)
+  for tap, g in grad_deltas.items():
+    assert np.abs(g).max() > 0, tap
+  # At delta = 0 the taps are the identity, so the input gradient is the unperturbed one.
+  plain_grad_x = jax.jit(jax.grad(lambda x: _loss(model, variables, x, {})))(x)
+  np.testing.assert_allclose(grad_x, plain_grad_x, rtol=1e-5, atol=1e-7)
+
+  # The 'stem' gradient is the gradient w.r.t. the stem feature, read independently by
+  # shifting the input of the module that consumes it.
+  consumer = CASES[name][4]
+  def shifted_loss(shift):
+    with nn.intercept_methods(_at_input_of(consumer, lambda h: h + shift)):
+      return _loss(model, variables, x, {})
+  feature_grad = jax.jit(jax.grad(shifted_loss))(jnp.zeros_like(zeros['stem']))
+  np.testing.assert_allclose(grad_deltas['stem'], feature_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_domain_clip_keeps_features_in_per_sample_channel_range(case):
+  name, model, variables, x, _ = case
+
+  @jax.jit
+  def stem_feature(deltas):
+    """The (perturbed) 'stem' feature, as received by the module that consumes it."""
+    seen = []
+    def record(h):
+      seen.append(h)
+      return h
+    with nn.intercept_methods(_at_input_of(CASES[name][4], record)):
+      model.apply({**variables, 'perturbations': deltas}, x)
+    return seen[0]
+
+  clean = stem_feature({})
+  moved = stem_feature({'stem': _normal(0, clean.shape, scale=100.)})
+  low = clean.min(axis=(1, 2), keepdims=True)
+  high = clean.max(axis=(1, 2), keepdims=True)
+  assert bool(jnp.all((moved >= low) & (moved <= high)))
+  # The perturbation is large, so the clip is active at both ends.
+  assert bool(jnp.any(moved == low)) and bool(jnp.any(moved == high))
+  assert np.abs(moved - clean).max() > 1e-3
+
+
+def test_batch_stats_update_only_in_train_mode(case):
+  name, _, variables, x, apply = case
+  if name == 'mnist_cnn':
+    assert 'batch_stats' not in variables
+    return
+  _, train_state = apply(variables, x, train=True, mutable='batch_stats')
+  _, eval_state = apply(variables, x, train=False, mutable='batch_stats')
+  chex.assert_trees_all_equal(eval_state['batch_stats'], variables['batch_stats'])
+  diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), train_state['batch_stats'],
+                       variables['batch_stats'])
+  assert all(d > 0 for d in jax.tree.leaves(diffs))
+
+
+def test_normalisation_is_inside_the_model(case):
+  name, _, variables, x, _ = case
+  channels = x.shape[-1]
+  mean, std = np.linspace(0.2, 0.6, channels), np.linspace(0.1, 0.3, channels)
+  normalising = models.create_model(name, CASES[name][0], num_classes=NUM_CLASSES,
+                                    mean=mean, std=std)
+  identity = models.create_model(name, CASES[name][0], num_classes=NUM_CLASSES,
+                                 mean=(0.,) * channels, std=(1.,) * channels)
+  assert normalising.mean == tuple(mean) and normalising.std == tuple(std)
+  logits = jax.jit(normalising.apply)(variables, x)
+  identity_apply = jax.jit(identity.apply)
+  np.testing.assert_allclose(logits, identity_apply(variables, (x - mean) / std),
+                             rtol=1e-4, atol=1e-5)
+  assert np.abs(logits - identity_apply(variables, x)).max() > 1e-4
+
+
+def test_wide_resnet_dropout_only_in_train_mode():
+  model = models.create_model('wide_resnet', {'depth': 10, 'widen_factor': 1, 'dropout': 0.5},
+                              num_classes=NUM_CLASSES, **_stats(3))
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  variables = models.init_variables(model, _key(0), x.shape)
+  apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  np.testing.assert_array_equal(apply(variables, x), apply(variables, x))
+  outputs = [apply(variables, x, train=True, mutable='batch_stats',
+                   rngs={'dropout': _key(seed)})[0] for seed in (0, 1)]
+  assert np.abs(outputs[0] - outputs[1]).max() > 1e-4

@@ -1,0 +1,196 @@
+"""Trainer: schedules, config checks, device equivalence, resume, NaN stop, end to end."""
+
+import glob
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from latentadv import evaluate
+from latentadv import methods
+from latentadv import parallel
+from latentadv import train
+from latentadv import validation
+
+from conftest import DATA_ROOT, REPO_ROOT
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '*_*.py')))
+
+
+def _smoke_mnist(method='slat'):
+  config = default.mnist(default.get_config('smoke'))
+  config.method.name = method
+  config.data.source = 'local'
+  config.data.dir = os.path.join(DATA_ROOT, 'mnist')
+  return default.apply_preset(config, 'smoke')
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize('preset', default.PRESETS)
+def test_every_config_file_and_preset_is_valid(path, preset):
+  module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
+  config = module.get_config(preset)
+  validation.validate(config)
+  assert config.method.name in os.path.basename(path)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('method.eps', -0.1, 'config.method.eps'),
+    ('method.name', 'fgsm_plus', 'config.method.name'),
+    ('model.name', 'resnet9000', 'config.model.name'),
+    ('data.name', 'imagenet', 'config.data.name'),
+    ('optim.batch_size', 0, 'config.optim.batch_size'),
+    ('method.slat.eps_h', -1.0, 'config.method.slat.eps_h'),
+])
+def test_invalid_values_are_rejected_with_the_key(key, value, message):
+  config = default.get_config()
+  section, name = key.rsplit('.', 1)
+  node = config
+  for part in section.split('.'):
+    node = node[part]
+  node[name] = value
+  with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
+    validation.validate(config)
+
+
+def test_unknown_keys_are_rejected():
+  config = default.get_config()
+  with pytest.raises(AttributeError):
+    config.method.epsilon = 0.1
+  with pytest.raises(ValueError, match='preset'):
+    default.get_config('fast')
+
+
+def test_unknown_key_on_the_command_line_is_rejected(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_slat.py:smoke',
+       f'--workdir={tmp_path}', '--config.method.epsilon=0.1'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'epsilon' in result.stderr
+
+
+def test_cyclic_schedule_peaks_at_forty_percent_and_ends_at_zero():
+  config = default.get_config()
+  schedule = train.learning_rate_schedule(config.optim, 1000)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(400)) == pytest.approx(0.2)
+  assert float(schedule(200)) == pytest.approx(0.1)
+  assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_piecewise_schedule_decays_at_the_boundaries():
+  config = default.get_config()
+  config.optim.schedule = 'piecewise'
+  config.optim.learning_rate = 0.1
+  schedule = train.learning_rate_schedule(config.optim, 100)
+  assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+@pytest.mark.parametrize('method', ['slat', 'pgd'])
+def test_one_device_and_eight_devices_take_the_same_step(method):
+  config = default.get_config('smoke')
+  config.method.name = method
+  config.optim.batch_size = 16
+  model = train.build_model(config)
+  schedule = train.learning_rate_schedule(config.optim, 100)
+  tx = train.make_optimizer(config.optim, schedule)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.random((16, 32, 32, 3), dtype=np.float32),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  results = []
+  assert jax.device_count() == 8
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    state = jax.device_put(train.init_state(model, tx, jax.random.key(0), (32, 32, 3)),
+                           parallel.replicated(mesh))
+    step = train.jit_train_step(
+        train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),
+        state, mesh)
+    for _ in range(2):
+      state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
+    results.append(jax.device_get((state.params, state.model_state, metrics)))
+  chex.assert_trees_all_close(results[0], results[1], rtol=2e-4, atol=2e-5)
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+  config = _smoke_mnist('fgsm_rs')
+  config.train.eval_every_epochs = 0
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  steps_per_epoch = full['steps'] // config.optim.epochs
+  assert config.train.checkpoint_every_steps == steps_per_epoch
+
+  interrupted = str(tmp_path / 'interrupted')
+  train.train_and_evaluate(config, interrupted)
+  # Drop the final checkpoint: the workdir now looks like a run killed during epoch 2.
+  shutil.rmtree(os.path.join(interrupted, 'checkpoints', str(full['steps'])))
+  resumed = train.train_and_evaluate(config, interrupted)
+
+  _, full_vars = evaluate.load_variables(str(tmp_path / 'full'))
+  _, resumed_vars = evaluate.load_variables(interrupted)
+  chex.assert_trees_all_equal(full_vars, resumed_vars)
+  assert [h['epoch'] for h in resumed['history']] == [1, 2]
+  assert resumed['final']['pgd_accuracy'] == full['final']['pgd_accuracy']
+
+
+def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
+  config = _smoke_mnist('standard')
+  config.optim.optimizer = 'sgd'
+  config.optim.schedule = 'constant'
+  config.optim.learning_rate = 1e30
+  with pytest.raises(FloatingPointError, match=r'at step \d+'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
+  workdir = str(tmp_path / 'run')
+  result = subprocess.run(
+      [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_slat.py:smoke',
+       f'--workdir={workdir}', '--config.data.source=local',
+       f'--config.data.dir={os.path.join(DATA_ROOT, "mnist")}'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'ETA' in result.stderr or 'steps/s' in result.stderr
+
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  assert results['method'] == 'slat' and results['dataset'] == 'mnist'
+  assert results['model'] == 'mnist_cnn' and results['eps'] == pytest.approx(0.3)
+  assert results['steps'] == results['epochs'] * (512 // 64)
+  assert results['train_seconds'] > 0 and results['images_per_second'] > 0
+  final = results['final']
+  assert final['n_examples'] == 256 and final['steps'] == 5 and final['restarts'] == 2
+  assert 0.0 <= final['pgd_accuracy'] <= final['clean_accuracy'] <= 1.0
+  assert final['clean_accuracy'] > 0.2  # 2 epochs on 512 images beat chance (0.1) clearly.
+  assert [h['epoch'] for h in results['history']] == [1, 2]
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+
+  # The public loader gives the trained function: its clean accuracy matches the record.
+  from latentadv import data  # pylint: disable=g-import-not-at-top
+  logits_fn = jax.jit(evaluate.load_model(workdir))
+  config = evaluate.load_config(workdir)
+  images, labels = data.load_split(config.data, 'test', 0, 1)
+  predictions = np.asarray(logits_fn(images[:256])).argmax(-1)
+  assert np.mean(predictions == labels[:256]) == pytest.approx(final['clean_accuracy'])
+
+  # The evaluator command re-evaluates the checkpoint with overridden settings.
+  result = subprocess.run(
+      [sys.executable, '-m', 'latentadv.evaluate', f'--workdir={workdir}',
+       '--config.eval.n_examples=128', '--config.eval.pgd_restarts=1'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval_pgd.json')) as f:
+    evaluation = json.load(f)
+  assert evaluation['n_examples'] == 128 and evaluation['restarts'] == 1
+  assert evaluation['clean_accuracy'] == pytest.approx(np.mean(predictions[:128] ==
+                                                               labels[:128]))
