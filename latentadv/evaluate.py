@@ -71,6 +71,14 @@ class Evaluator:
             'n_examples': n, 'seconds': time.perf_counter() - start, **self.settings}
 
 
+def from_config(apply_fn, mesh, config: ml_collections.ConfigDict, *, steps: int,
+                restarts: int) -> Evaluator:
+  """An Evaluator with config.method.eps and config.eval's step size, loss and batch size."""
+  return Evaluator(apply_fn, mesh, eps=config.method.eps, steps=steps, restarts=restarts,
+                   step_size=config.eval.step_size * config.method.eps, loss=config.eval.loss,
+                   batch_size=config.eval.batch_size)
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was trained with (its config.json)."""
   path = os.path.join(workdir, 'config.json')
@@ -115,10 +123,8 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
   model, variables = load_variables(workdir, config)
   images, labels = data.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
-  evaluator = Evaluator(model.apply, parallel.make_mesh(), eps=config.method.eps,
-                        steps=config.eval.pgd_steps, restarts=config.eval.pgd_restarts,
-                        step_size=config.eval.step_size * config.method.eps,
-                        loss=config.eval.loss, batch_size=config.eval.batch_size)
+  evaluator = from_config(model.apply, parallel.make_mesh(), config,
+                          steps=config.eval.pgd_steps, restarts=config.eval.pgd_restarts)
   result = evaluator(variables, images[:n], labels[:n], jax.random.key(config.seed + 2))
   train.write_json_atomically(os.path.join(workdir, 'eval_pgd.json'), result)
   return result

@@ -146,11 +146,9 @@ class _PeriodicEval:
   def __init__(self, config, apply_fn, test_images, test_labels, mesh):
     n = config.eval.periodic_n_examples
     self._images, self._labels = test_images[:n], test_labels[:n]
-    self._evaluator = evaluate.Evaluator(
-        apply_fn, mesh, eps=config.method.eps, steps=config.eval.periodic_pgd_steps,
-        restarts=config.eval.periodic_pgd_restarts,
-        step_size=config.eval.step_size * config.method.eps, loss=config.eval.loss,
-        batch_size=config.eval.batch_size)
+    self._evaluator = evaluate.from_config(apply_fn, mesh, config,
+                                           steps=config.eval.periodic_pgd_steps,
+                                           restarts=config.eval.periodic_pgd_restarts)
     self._rng = jax.random.key(config.seed + 1)
 
   def __call__(self, variables) -> dict:
@@ -240,10 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
   writer.flush()
 
-  final = evaluate.Evaluator(
-      model.apply, mesh, eps=config.method.eps, steps=config.eval.pgd_steps,
-      restarts=config.eval.pgd_restarts, step_size=config.eval.step_size * config.method.eps,
-      loss=config.eval.loss, batch_size=config.eval.batch_size)
+  final = evaluate.from_config(model.apply, mesh, config, steps=config.eval.pgd_steps,
+                               restarts=config.eval.pgd_restarts)
   n = config.eval.n_examples or len(test_labels)
   final_result = final({'params': state.params, **state.model_state}, test_images[:n],
                        test_labels[:n], jax.random.key(config.seed + 2))
