@@ -22,13 +22,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def _quiet_libraries(record) -> bool:
   """Drops the per-save INFO lines of orbax; its warnings and errors still show."""
-  return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  return record.levelno >= logging.converter.STANDARD_WARNING or '/orbax/' not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_libraries)
+  logging.get_absl_logger().addFilter(_quiet_libraries)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # TF (tfds, TensorBoard) must not take accelerators.
   logging.info('Config:\n%s', FLAGS.config)
