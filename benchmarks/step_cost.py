@@ -25,6 +25,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import methods
 from latentadv import parallel
+from latentadv import state as state_lib
 from latentadv import train
 
 FLAGS = flags.FLAGS
@@ -52,10 +53,10 @@ def make_config(method: str):
 def compiled_step(method: str, mesh, images, labels):
   """(jitted step, state, batch) for `method`, compiled and run once."""
   config = make_config(method)
-  model = train.build_model(config)
-  schedule = train.learning_rate_schedule(config.optim, 1000)
-  tx = train.make_optimizer(config.optim, schedule)
-  state = jax.device_put(train.init_state(model, tx, jax.random.key(0), images.shape[1:]),
+  model = state_lib.build_model(config)
+  schedule = state_lib.learning_rate_schedule(config.optim, 1000)
+  tx = state_lib.make_optimizer(config.optim, schedule)
+  state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), images.shape[1:]),
                          parallel.replicated(mesh))
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),

@@ -4,8 +4,10 @@ A checkpoint holds two items: 'state' (the TrainState pytree) and 'progress' (JS
 history and accumulated training seconds), so a resumed run continues its records too.
 """
 
+import json
 import os
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -56,3 +58,13 @@ class Checkpoints:
     """Waits for pending saves to finish."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def write_json_atomically(path: str, record: dict):
+  """Writes `record` as JSON to `path` via a temporary file and a rename (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -20,8 +20,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from latentadv import checkpoint
 from latentadv import data
 from latentadv import parallel
+from latentadv import state as state_lib
 from latentadv.attacks import pgd
 
 
@@ -89,44 +91,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_variables(workdir: str, config: ml_collections.ConfigDict | None = None):
-  """(model, variables) of the latest checkpoint in `workdir`; variables for model.apply."""
-  from latentadv import checkpoint, train  # pylint: disable=g-import-not-at-top
-  config = config or load_config(workdir)
-  model = train.build_model(config)
-  schedule = train.learning_rate_schedule(config.optim, 1)
-  tx = train.make_optimizer(config.optim, schedule)
-  info = data.DATASETS[config.data.name]
-  abstract = jax.eval_shape(functools.partial(train.init_state, model, tx,
-                                              image_shape=info.image_shape),
-                            jax.random.key(0))
-  checkpoints = checkpoint.Checkpoints(workdir, every_steps=1, keep=1)
-  restored = checkpoints.restore(abstract)
-  if restored is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints.')
-  state, _ = restored
-  return model, {'params': state.params, **state.model_state}
-
-
 def load_model(workdir: str):
   """Returns a jittable `logits = f(x)` for the latest checkpoint in `workdir`.
 
   x: (B, H, W, C) float32 in [0, 1] (the model normalises internally); logits: (B, classes).
   """
-  model, variables = load_variables(workdir)
+  model, variables = state_lib.restore_variables(workdir, load_config(workdir))
   return functools.partial(model.apply, variables, train=False)
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
   """PGD evaluation of the latest checkpoint in `workdir` per `config.eval`; writes JSON."""
-  from latentadv import train  # pylint: disable=g-import-not-at-top
-  model, variables = load_variables(workdir, config)
+  model, variables = state_lib.restore_variables(workdir, config)
   images, labels = data.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
   evaluator = from_config(model.apply, parallel.make_mesh(), config,
                           steps=config.eval.pgd_steps, restarts=config.eval.pgd_restarts)
   result = evaluator(variables, images[:n], labels[:n], jax.random.key(config.seed + 2))
-  train.write_json_atomically(os.path.join(workdir, 'eval_pgd.json'), result)
+  checkpoint.write_json_atomically(os.path.join(workdir, 'eval_pgd.json'), result)
   return result
 
 

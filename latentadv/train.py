@@ -6,15 +6,10 @@ subset and fully at the end, and writes config.json, results.json, TensorBoard e
 checkpoints into `workdir`.
 """
 
-import functools
-import json
 import os
 import time
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -26,61 +21,9 @@ from latentadv import checkpoint
 from latentadv import data
 from latentadv import evaluate
 from latentadv import methods
-from latentadv import models
 from latentadv import parallel
+from latentadv import state as state_lib
 from latentadv import validation
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; a pytree, checkpointed as a whole."""
-  step: jax.Array
-  params: Any
-  model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
-  opt_state: Any
-
-
-def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """The learning rate as a function of the step, per `optim.schedule`."""
-  peak = optim.learning_rate
-  if optim.schedule == 'cyclic':
-    rise = max(1, int(optim.cyclic_peak * total_steps))
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, rise),
-         optax.linear_schedule(peak, 0.0, max(1, total_steps - rise))], [rise])
-  if optim.schedule == 'piecewise':
-    boundaries = {int(b * total_steps): optim.piecewise_factor
-                  for b in optim.piecewise_boundaries}
-    return optax.piecewise_constant_schedule(peak, boundaries)
-  if optim.schedule == 'cosine':
-    return optax.cosine_decay_schedule(peak, total_steps)
-  return optax.constant_schedule(peak)
-
-
-def make_optimizer(optim: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum or Adam, with weight decay added to the gradient (as in PyTorch)."""
-  if optim.optimizer == 'adam':
-    step_rule = optax.adam(schedule)
-  else:
-    step_rule = optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)
-  return optax.chain(optax.add_decayed_weights(optim.weight_decay), step_rule)
-
-
-def build_model(config: ml_collections.ConfigDict):
-  """The Flax model named by config.model, normalised for config.data's dataset."""
-  info = data.DATASETS[config.data.name]
-  return models.create_model(config.model.name, config.model[config.model.name].to_dict(),
-                             num_classes=info.num_classes, mean=info.mean, std=info.std)
-
-
-def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-               image_shape: tuple[int, ...]) -> TrainState:
-  """A fresh TrainState for images of shape (H, W, C)."""
-  variables = dict(models.init_variables(model, rng, (1, *image_shape)))
-  params = variables.pop('params')
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                    opt_state=tx.init(params))
 
 
 def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
@@ -90,7 +33,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}. The step's randomness
   is fold_in(rng, step): augmentation and the method's noise depend only on (seed, step).
   """
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: state_lib.TrainState, batch, rng):
     aug_rng, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     images = data.augment(aug_rng, batch['image'], config.data.crop_padding, config.data.flip)
 
@@ -102,7 +45,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
 
     (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+    new_state = state_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            model_state=model_state, opt_state=opt_state)
     metrics = {**metrics, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state.step)}
@@ -110,7 +53,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   return train_step
 
 
-def jit_train_step(train_step, state: TrainState, mesh):
+def jit_train_step(train_step, state: state_lib.TrainState, mesh):
   """jax.jit of train_step with replicated state (donated) and a data-sharded batch."""
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
   return jax.jit(train_step,
@@ -118,16 +61,6 @@ def jit_train_step(train_step, state: TrainState, mesh):
                                parallel.replicated(mesh)),
                  out_shardings=(state_sharding, parallel.replicated(mesh)),
                  donate_argnums=0)
-
-
-def write_json_atomically(path: str, record: dict):
-  """Writes `record` as JSON to `path` via a temporary file and a rename (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _check_finite(step_metrics: list[dict], first_step: int, last_checkpoint, workdir: str):
@@ -162,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
+  checkpoint.write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
   mesh = parallel.make_mesh()
   local_batch = parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size',
                                            mesh)
@@ -177,11 +110,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = stream.steps_per_epoch
   total_steps = config.optim.epochs * steps_per_epoch
 
-  model = build_model(config)
-  schedule = learning_rate_schedule(config.optim, total_steps)
-  tx = make_optimizer(config.optim, schedule)
+  model = state_lib.build_model(config)
+  schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
+  tx = state_lib.make_optimizer(config.optim, schedule)
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.device_put(init_state(model, tx, init_rng, train_images.shape[1:]),
+  state = jax.device_put(state_lib.init_state(model, tx, init_rng, train_images.shape[1:]),
                          parallel.replicated(mesh))
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
                                        config.train.checkpoints_to_keep)
@@ -255,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'images_per_second': images_seen / max(progress['train_seconds'], 1e-9),
       'final': final_result, 'history': progress['history'],
   }
-  write_json_atomically(os.path.join(workdir, 'results.json'), results)
+  checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
   logging.info('Final: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
                final_result['clean_accuracy'], config.eval.pgd_steps, config.eval.pgd_restarts,
                final_result['pgd_accuracy'], final_result['n_examples'],

@@ -18,6 +18,7 @@ from latentadv import data
 from latentadv import evaluate
 from latentadv import methods
 from latentadv import parallel
+from latentadv import state as state_lib
 from latentadv import train
 from latentadv import validation
 
@@ -81,7 +82,7 @@ def test_unknown_key_on_the_command_line_is_rejected(tmp_path):
 
 def test_cyclic_schedule_peaks_at_forty_percent_and_ends_at_zero():
   config = default.get_config()
-  schedule = train.learning_rate_schedule(config.optim, 1000)
+  schedule = state_lib.learning_rate_schedule(config.optim, 1000)
   assert float(schedule(0)) == 0.0
   assert float(schedule(400)) == pytest.approx(0.2)
   assert float(schedule(200)) == pytest.approx(0.1)
@@ -92,7 +93,7 @@ def test_piecewise_schedule_decays_at_the_boundaries():
   config = default.get_config()
   config.optim.schedule = 'piecewise'
   config.optim.learning_rate = 0.1
-  schedule = train.learning_rate_schedule(config.optim, 100)
+  schedule = state_lib.learning_rate_schedule(config.optim, 100)
   assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
@@ -108,9 +109,9 @@ def test_one_device_and_eight_devices_take_the_same_step(method, model, toleranc
     config = default.apply_preset(default.mnist(config), 'smoke')
   config.method.name = method
   config.optim.batch_size = 16
-  model = train.build_model(config)
-  schedule = train.learning_rate_schedule(config.optim, 100)
-  tx = train.make_optimizer(config.optim, schedule)
+  model = state_lib.build_model(config)
+  schedule = state_lib.learning_rate_schedule(config.optim, 100)
+  tx = state_lib.make_optimizer(config.optim, schedule)
   shape = data.DATASETS[config.data.name].image_shape
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((16, *shape), dtype=np.float32),
@@ -119,7 +120,7 @@ def test_one_device_and_eight_devices_take_the_same_step(method, model, toleranc
   assert jax.device_count() == 8
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    state = jax.device_put(train.init_state(model, tx, jax.random.key(0), shape),
+    state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), shape),
                            parallel.replicated(mesh))
     step = train.jit_train_step(
         train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),
@@ -143,9 +144,10 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
   shutil.rmtree(os.path.join(interrupted, 'checkpoints', str(full['steps'])))
   resumed = train.train_and_evaluate(config, interrupted)
 
-  _, full_vars = evaluate.load_variables(str(tmp_path / 'full'))
-  _, resumed_vars = evaluate.load_variables(interrupted)
-  chex.assert_trees_all_equal(full_vars, resumed_vars)
+  def final_variables(workdir):
+    return state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]
+  chex.assert_trees_all_equal(final_variables(str(tmp_path / 'full')),
+                              final_variables(interrupted))
   assert [h['epoch'] for h in resumed['history']] == [1, 2]
   assert resumed['final']['pgd_accuracy'] == full['final']['pgd_accuracy']
 

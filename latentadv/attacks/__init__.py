@@ -1,1 +1,1 @@
-"""Pure, jittable L-inf attacks shared by training and evaluation (modules: losses, pgd)."""
+"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, square)."""

@@ -1,4 +1,4 @@
-"""Building blocks shared by the training methods: forward passes and the clean CE loss.
+"""Building blocks shared by the training methods: forward passes, CE, KL and gradient cosine.
 
 A method is a pure function
   loss(apply_fn, params, model_state, batch, rng, config) -> (loss, metrics, new_model_state)
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from latentadv.attacks import pgd
 from latentadv.models import taps
 
 Variables = Mapping[str, Any]
@@ -74,3 +75,64 @@ def train_on(apply_fn: Callable, params, model_state, x: jax.Array, labels: jax.
                               perturbations=perturbations)
   loss = cross_entropy(logits, labels)
   return loss, {'loss': loss, 'accuracy': accuracy(logits, labels)}, new_state
+
+
+def kl_divergence(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+  """KL(softmax(p_logits) || softmax(q_logits)) summed over classes, averaged over the batch.
+
+  Logits are (B, K); the result is a scalar (PyTorch's KLDivLoss(sum) / B, 'batchmean').
+  """
+  log_p = jax.nn.log_softmax(p_logits, axis=-1)
+  log_q = jax.nn.log_softmax(q_logits, axis=-1)
+  return (jnp.exp(log_p) * (log_p - log_q)).sum() / p_logits.shape[0]
+
+
+def kl_sign_step(logits_fn: Callable, x_adv: jax.Array, x: jax.Array, target_logits: jax.Array,
+                 step_size, eps, direction: float = 1.0) -> jax.Array:
+  """One L-inf sign step on KL(softmax(target_logits) || softmax(logits_fn(x_adv))).
+
+  direction = +1 increases the KL (TRADES), -1 decreases it (Backward Smoothing's start). The
+  step is projected to the eps-ball around x (B, H, W, C) and to [0, 1]; target_logits (B, K)
+  are a constant.
+  """
+  target_logits = jax.lax.stop_gradient(target_logits)
+  grad = jax.grad(lambda x_adv: kl_divergence(target_logits, logits_fn(x_adv)))(x_adv)
+  return pgd.project(x_adv + direction * step_size * jnp.sign(grad), x, eps)
+
+
+def mean_cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean over examples of cos(a_i, b_i) for a, b of shape (B, ...), each row flattened.
+
+  As in the GradAlign reference code, examples where either row is zero are left out of the
+  mean (1.0 when none is left). Differentiable everywhere: a zero row gives a zero gradient,
+  not NaN.
+  """
+  a = a.reshape(a.shape[0], -1)
+  b = b.reshape(b.shape[0], -1)
+  a_sq, b_sq = (a * a).sum(-1), (b * b).sum(-1)
+  valid = (a_sq > 0) & (b_sq > 0)
+  norms = jnp.sqrt(jnp.where(valid, a_sq, 1.0)) * jnp.sqrt(jnp.where(valid, b_sq, 1.0))
+  cos = jnp.where(valid, (a * b).sum(-1) / norms, 0.0)
+  count = valid.sum()
+  return jnp.where(count > 0, cos.sum() / jnp.maximum(count, 1), 1.0)
+
+
+def trades_loss(apply_fn: Callable, params, model_state, x: jax.Array, x_adv: jax.Array,
+                labels: jax.Array, rng: jax.Array, beta: float):
+  """TRADES' outer loss CE(f(x), y) + beta * KL(softmax(f(x)) || softmax(f(x_adv))).
+
+  Both forward passes run in train mode (batch statistics), clean first, and the BatchNorm
+  running averages are updated by each in turn, as in the reference code; the returned state
+  holds both updates. The gradient flows through both softmaxes; x_adv is a constant. Metrics:
+  'accuracy' on x_adv (the training input, as for the other methods), 'clean_accuracy', 'ce'
+  and 'kl'. Used by TRADES and Backward Smoothing.
+  """
+  clean_rng, adv_rng = jax.random.split(rng)
+  logits, model_state = forward(apply_fn, params, model_state, x, clean_rng, train=True)
+  adv_logits, model_state = forward(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv),
+                                    adv_rng, train=True)
+  ce = cross_entropy(logits, labels)
+  kl = kl_divergence(logits, adv_logits)
+  loss = ce + beta * kl
+  return loss, {'loss': loss, 'accuracy': accuracy(adv_logits, labels),
+                'clean_accuracy': accuracy(logits, labels), 'ce': ce, 'kl': kl}, model_state

@@ -48,17 +48,26 @@ def input_and_latent_gradients(logits_fn, x: jax.Array, labels: jax.Array, delta
   return pullback(jnp.ones(()))
 
 
-def loss(apply_fn, params, model_state, batch, rng, config):
-  """Cross-entropy of the SLAT-perturbed forward pass; see the module docstring."""
-  attack_rng, train_rng = jax.random.split(rng)
-  x, y = batch['image'], batch['label']
+def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng: jax.Array,
+            config):
+  """Pass 1: returns (x_adv, latent deltas, g_x), g_x the clean input gradient (B, H, W, C).
+
+  x_adv and the deltas (one per tap) are the documented SLAT perturbations, as constants.
+  """
   eps, cfg = config.eps, config.slat
-  logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
+  logits_fn = common.attack_forward(apply_fn, params, model_state, rng, config.attack_bn)
   zeros = zero_perturbations(apply_fn, {'params': params, **model_state}, x, cfg.taps)
-  grad_x, grad_latent = input_and_latent_gradients(logits_fn, x, y, zeros)
+  grad_x, grad_latent = input_and_latent_gradients(logits_fn, x, labels, zeros)
   delta_x = jnp.clip(cfg.alpha * eps * jnp.sign(grad_x), -eps, eps)
   x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
   deltas = {name: jnp.clip(2 * cfg.alpha * cfg.eps_h * jnp.sign(g), -cfg.eps_h, cfg.eps_h)
             for name, g in grad_latent.items()}
-  return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
-                         train_rng, perturbations=jax.lax.stop_gradient(deltas))
+  return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x
+
+
+def loss(apply_fn, params, model_state, batch, rng, config):
+  """Cross-entropy of the SLAT-perturbed forward pass; see the module docstring."""
+  attack_rng, train_rng = jax.random.split(rng)
+  x, y = batch['image'], batch['label']
+  x_adv, deltas, _ = perturb(apply_fn, params, model_state, x, y, attack_rng, config)
+  return common.train_on(apply_fn, params, model_state, x_adv, y, train_rng, perturbations=deltas)

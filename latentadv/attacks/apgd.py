@@ -1,0 +1,152 @@
+"""APGD and APGD-T (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks"), L-inf.
+
+PGD without a step-size parameter: sign-gradient steps with momentum (weight 0.75 on the new
+step), of size 2 eps at first, per example. At checkpoints after 22, 41, 57, 70, 80, 87, 93,
+99 % of the steps (intervals shrinking by 3 % to at least 6 %), an example halves its step
+and restarts from its best point when fewer than 75 % of the steps since the last checkpoint
+raised its loss, or when neither its step size nor its best loss changed over the interval.
+
+`logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count and loss
+name are Python values (static under jit), eps may be traced. Steps are unrolled like PGD's
+(see attacks/pgd.py); the target classes of APGD-T are a rolled loop.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latentadv.attacks import losses
+from latentadv.attacks.pgd import LogitsFn
+from latentadv.attacks.pgd import project
+
+_ALPHA = 0.75  # Weight of the new step; 1 - _ALPHA goes to the previous one (momentum).
+_RHO = 0.75
+UNROLL = True
+
+
+class _State(NamedTuple):
+  x_adv: jax.Array  # (B, H, W, C) current iterate.
+  x_prev: jax.Array  # (B, H, W, C) previous iterate, for the momentum term.
+  grad: jax.Array  # (B, H, W, C) loss gradient at x_adv.
+  loss: jax.Array  # (B,) loss at the last evaluated iterate.
+  step: jax.Array  # (B,) step size.
+  x_best: jax.Array  # (B, H, W, C) highest-loss point so far, its loss and gradient.
+  best: jax.Array
+  grad_best: jax.Array
+  x_fool: jax.Array  # (B, H, W, C) the last misclassified iterate (where `fooled`).
+  fooled: jax.Array  # (B,) bool: some iterate was misclassified.
+  successes: jax.Array  # (B,) steps that raised the loss since the last checkpoint.
+  best_at_check: jax.Array  # (B,) best loss at the last checkpoint.
+  halved_at_check: jax.Array  # (B,) bool: the step was halved at the last checkpoint.
+
+
+def _checkpoint_intervals(steps: int) -> np.ndarray:
+  """(steps + 1,) int: [i] is the length of the interval ending after step i (0 = no check)."""
+  length, shrink, shortest = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+  intervals = np.zeros(steps + 1, np.int32)
+  end = length
+  while end <= steps:
+    intervals[end] = length
+    length = max(length - shrink, shortest)
+    end += length
+  return intervals
+
+
+def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
+         x_start: jax.Array, eps: float, steps: int) -> tuple[jax.Array, jax.Array]:
+  """One APGD run from x_start maximising loss_fn(logits) (B,); returns (x_adv, fooled)."""
+  intervals = jnp.asarray(_checkpoint_intervals(steps))
+
+  def where(mask, a, b):
+    return jnp.where(mask.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+
+  def objective(x_adv):
+    logits = logits_fn(x_adv)
+    loss = loss_fn(logits)
+    return loss.sum(), (loss, logits.argmax(-1) != y)
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def body(i, s):
+    alpha = jnp.where(i == 0, 1.0, _ALPHA)  # The first step has no history.
+    z = project(s.x_adv + s.step[:, None, None, None] * jnp.sign(s.grad), x, eps)
+    x_adv = project(s.x_adv + alpha * (z - s.x_adv) + (1 - alpha) * (s.x_adv - s.x_prev),
+                    x, eps)
+    grad, (loss, wrong) = grad_fn(x_adv)
+    improved = loss > s.best
+    best = jnp.where(improved, loss, s.best)
+    x_best = where(improved, x_adv, s.x_best)
+    grad_best = where(improved, grad, s.grad_best)
+    successes = s.successes + (loss > s.loss)
+    interval = intervals[i + 1]
+    check = interval > 0
+    halve = check & ((successes < _RHO * interval)
+                     | ~s.halved_at_check & (best <= s.best_at_check))
+    return _State(
+        x_adv=where(halve, x_best, x_adv), x_prev=s.x_adv,
+        grad=where(halve, grad_best, grad), loss=loss,
+        step=jnp.where(halve, s.step / 2, s.step),
+        x_best=x_best, best=best, grad_best=grad_best,
+        x_fool=where(wrong, x_adv, s.x_fool), fooled=s.fooled | wrong,
+        successes=jnp.where(check, 0, successes),
+        best_at_check=jnp.where(check, best, s.best_at_check),
+        halved_at_check=jnp.where(check, halve, s.halved_at_check))
+
+  grad, (loss, wrong) = grad_fn(x_start)
+  s = _State(x_adv=x_start, x_prev=x_start, grad=grad, loss=loss,
+             step=jnp.full(loss.shape, 2 * eps, x.dtype), x_best=x_start, best=loss,
+             grad_best=grad, x_fool=x_start, fooled=wrong,
+             successes=jnp.zeros(loss.shape, jnp.int32), best_at_check=loss,
+             halved_at_check=jnp.ones(loss.shape, bool))
+  s = jax.lax.fori_loop(0, steps, body, s, unroll=UNROLL)
+  return where(s.fooled, s.x_fool, s.x_best), s.fooled
+
+
+def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool) -> jax.Array:
+  """x, or x + eps * t / max|t| for t uniform in [-1, 1]^(H, W, C) per example, in [0, 1]."""
+  if not random_start:
+    return x
+  t = jax.random.uniform(rng, x.shape, x.dtype, -1, 1)
+  t /= jnp.abs(t).max(axis=tuple(range(1, x.ndim)), keepdims=True)
+  return jnp.clip(x + eps * t, 0.0, 1.0)
+
+
+def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
+         steps: int = 100, loss: str = 'ce', random_start: bool = True
+         ) -> tuple[jax.Array, jax.Array]:
+  """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss].
+
+  Returns (x_adv, fooled): fooled (B,) bool says some iterate (the start included) was
+  misclassified, and x_adv (B, H, W, C) is then such an iterate, else the highest-loss one.
+  Costs steps + 1 forward-backward passes.
+  """
+  loss_fn = losses.LOSSES[loss]
+  return _run(logits_fn, lambda logits: loss_fn(logits, y), x, y,
+              _start(rng, x, eps, random_start), eps, steps)
+
+
+def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
+                  eps: float, steps: int = 100, num_targets: int = 9,
+                  random_start: bool = True) -> tuple[jax.Array, jax.Array]:
+  """APGD-T on images x (B, H, W, C), labels y (B,): one targeted-DLR run per target class.
+
+  The targets are the num_targets classes other than y with the highest clean logits, in
+  decreasing order; run t starts from rng folded with t. Returns (x_adv, fooled) as `apgd`:
+  x_adv is the first run's misclassified point where fooled, else the last run's best point.
+  Costs num_targets * (steps + 1) forward-backward passes.
+  """
+  clean = logits_fn(x)
+  others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)
+  targets = jax.lax.top_k(others, num_targets)[1]  # (B, num_targets)
+
+  def run(t, carry):
+    x_adv, fooled = carry
+    x_run, fooled_run = _run(
+        logits_fn, lambda logits: losses.targeted_dlr(logits, y, targets[:, t]), x, y,
+        _start(jax.random.fold_in(rng, t), x, eps, random_start), eps, steps)
+    return jnp.where(fooled[:, None, None, None], x_adv, x_run), fooled | fooled_run
+
+  return jax.lax.fori_loop(0, num_targets, run, (x, jnp.zeros(y.shape, bool)))
