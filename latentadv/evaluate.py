@@ -28,7 +28,7 @@ from latentadv.attacks import pgd
 
 
 class Evaluator:
-  """Counts clean and PGD-robust examples with one jitted, data-sharded function per shape.
+  """Counts clean and PGD-robust examples with jitted, data-sharded functions.
 
   PGD: `steps` sign steps of `step_size` in the L-inf ball of radius `eps`, `restarts` random
   starts, loss 'ce' or 'margin'; an example is robust only if no iterate of any restart
@@ -42,14 +42,27 @@ class Evaluator:
     self._mesh = mesh
     self._local_batch = parallel.check_batch_size(batch_size, 'config.eval.batch_size', mesh)
 
-    def counts(variables, image, label, mask, rng):
-      logits_fn = functools.partial(apply_fn, variables, train=False)
-      correct = logits_fn(image).argmax(-1) == label
-      robust = pgd.pgd_robust(logits_fn, image, label, rng, eps=eps, step_size=step_size,
-                              steps=steps, restarts=restarts, loss=loss)
-      return jnp.sum(correct & mask), jnp.sum(robust & mask)
+    def correct(variables, image, label):
+      return apply_fn(variables, image, train=False).argmax(-1) == label
 
-    self._counts = jax.jit(counts, out_shardings=parallel.replicated(mesh))
+    def fooled(variables, image, label, rng):
+      return pgd.fooled_in_restart(functools.partial(apply_fn, variables, train=False), image,
+                                   label, rng, eps=eps, step_size=step_size, steps=steps,
+                                   loss=loss)
+
+    self._correct = jax.jit(correct)
+    self._fooled = jax.jit(fooled)
+
+  def _robust_and_correct(self, variables, batch, rng) -> tuple[int, int]:
+    """(clean-correct, robust) counts of one global batch; restarts stop once none is robust."""
+    correct = self._correct(variables, batch['image'], batch['label']) & batch['mask']
+    robust = correct
+    for r in range(self.settings['restarts']):
+      if not jax.device_get(robust.any()):
+        break
+      robust &= ~self._fooled(variables, batch['image'], batch['label'],
+                              jax.random.fold_in(rng, r))
+    return int(jax.device_get(correct.sum())), int(jax.device_get(robust.sum()))
 
   def __call__(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array) -> dict:
     """Evaluates on all of images (N, H, W, C) in [0, 1] / labels (N,); returns a record.
@@ -65,9 +78,8 @@ class Evaluator:
     totals = np.zeros(2, np.int64)
     for i, batch in enumerate(data.eval_batches(local_images, local_labels, self._local_batch,
                                                 num_batches)):
-      batch = parallel.global_batch(batch, self._mesh)
-      totals += np.asarray(jax.device_get(self._counts(
-          variables, batch['image'], batch['label'], batch['mask'], jax.random.fold_in(rng, i))))
+      totals += self._robust_and_correct(variables, parallel.global_batch(batch, self._mesh),
+                                         jax.random.fold_in(rng, i))
     n = len(labels)
     return {'clean_accuracy': float(totals[0] / n), 'pgd_accuracy': float(totals[1] / n),
             'n_examples': n, 'seconds': time.perf_counter() - start, **self.settings}

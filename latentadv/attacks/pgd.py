@@ -5,7 +5,7 @@ name are Python values (static under jit); eps and step_size may be traced.
 
 The step loop is unrolled (`fori_loop(..., unroll=True)`): XLA:CPU runs a convolutional
 network about 3x slower inside a while loop than unrolled (benchmarks/step_cost.py shows the
-PGD-AT cost); accelerators are indifferent, and restarts stay a rolled loop.
+PGD-AT cost); accelerators are indifferent.
 """
 
 from typing import Callable
@@ -56,28 +56,37 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps:
   return jax.lax.fori_loop(0, steps, lambda _, x_adv: step(x_adv)[0], x_adv, unroll=True)
 
 
+def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
+                      eps: float, step_size: float, steps: int, loss: str = 'ce') -> jax.Array:
+  """Returns fooled (B,) bool: some iterate of one random-start PGD run is misclassified.
+
+  The random start and all `steps` iterates after it are checked. The logits of each iterate
+  come from the forward pass of its gradient step, so the cost is `steps` forward-backward
+  passes plus one forward pass for the last iterate.
+  """
+  step = _ascent_step(logits_fn, x, y, eps, step_size, loss)
+
+  def attack_step(_, carry):
+    x_adv, fooled = carry
+    x_adv, logits = step(x_adv)
+    return x_adv, fooled | (logits.argmax(axis=-1) != y)
+
+  x_adv = _init(rng, x, eps, random_start=True)
+  x_adv, fooled = jax.lax.fori_loop(0, steps, attack_step, (x_adv, jnp.zeros(y.shape, bool)),
+                                    unroll=True)
+  return fooled | (logits_fn(x_adv).argmax(axis=-1) != y)
+
+
 def pgd_robust(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
                step_size: float, steps: int, restarts: int, loss: str = 'ce') -> jax.Array:
   """Returns robust (B,) bool: correct on clean x and on every iterate of every restart.
 
-  Each restart starts uniformly in the eps-ball (rng folded with the restart index); the
-  random start and all `steps` iterates after it are checked. The logits of each iterate
-  come from the forward pass of its gradient step, so the cost per restart is `steps`
-  forward-backward passes plus one forward pass for the last iterate.
+  Restart r starts uniformly in the eps-ball with fold_in(rng, r). The restarts are a Python
+  loop, so jitting this whole function compiles restarts x steps steps; for many restarts,
+  jit `fooled_in_restart` once and loop over restarts outside, as the Evaluator does.
   """
-  step = _ascent_step(logits_fn, x, y, eps, step_size, loss)
-
-  def correct(logits):
-    return logits.argmax(axis=-1) == y
-
-  def attack_step(_, carry):
-    x_adv, robust = carry
-    x_adv, logits = step(x_adv)
-    return x_adv, robust & correct(logits)
-
-  def restart(r, robust):
-    x_adv = _init(jax.random.fold_in(rng, r), x, eps, random_start=True)
-    x_adv, robust = jax.lax.fori_loop(0, steps, attack_step, (x_adv, robust), unroll=True)
-    return robust & correct(logits_fn(x_adv))
-
-  return jax.lax.fori_loop(0, restarts, restart, correct(logits_fn(x)))
+  robust = logits_fn(x).argmax(axis=-1) == y
+  for r in range(restarts):
+    robust &= ~fooled_in_restart(logits_fn, x, y, jax.random.fold_in(rng, r), eps=eps,
+                                 step_size=step_size, steps=steps, loss=loss)
+  return robust
