@@ -7,4 +7,5 @@ def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
   config = default.get_config()
   config.method.name = 'trades'
+  config.method.attack_bn = 'eval'  # as the authors' code: the KL attack runs model.eval()
   return default.apply_preset(config, preset)

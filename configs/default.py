@@ -110,6 +110,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     config.optim.batch_size = 64
     config.optim.epochs = 2
     config.method.pgd.steps = 3
+    config.method.trades.steps = 3
     config.train.log_every_steps = 4
     config.train.checkpoint_every_steps = 8
     config.eval.batch_size = 128

@@ -7,6 +7,7 @@ def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
   config = default.mnist(default.get_config())
   config.method.name = 'trades'
+  config.method.attack_bn = 'eval'  # as the authors' code: the KL attack runs model.eval()
   config.method.trades.steps = 40
   config.method.trades.step_size = 0.01
   return default.apply_preset(config, preset)
