@@ -32,7 +32,7 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
   _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
-  _one_of(config, 'eval.loss', ('ce', 'margin'))
+  _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
   if config.data.source == 'local':
     _require(bool(config.data.dir), 'data.dir', config.data.dir,
              'a directory with the dataset files when data.source is "local"')

@@ -8,8 +8,15 @@ and restarts from its best point when fewer than 75 % of the steps since the las
 raised its loss, or when neither its step size nor its best loss changed over the interval.
 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count and loss
-name are Python values (static under jit), eps may be traced. Steps are unrolled like PGD's
-(see attacks/pgd.py); the target classes of APGD-T are a rolled loop.
+name are Python values (static under jit), eps may be traced.
+
+Loops: XLA:CPU runs the input-gradient convolutions of a conv net ~4x slower inside any
+while loop (their kernels keep an `01oi` layout there; forward passes are unaffected):
+PreActResNet-18, batch 32, 2.0 s vs 0.43 s per step. So `apgd` unrolls its steps by default,
+like PGD (see attacks/pgd.py); as 100 unrolled steps take ~70-85 s to compile (MnistCNN or
+PreActResNet-18, vs ~4 s rolled), `unroll=False` rolls them. `apgd_targeted` loops over its
+targets with a rolled loop, inside which unrolling the steps would only add compile time, so
+its steps are rolled; a host loop over one jitted `apgd_targeted_run` avoids the slowdown.
 """
 
 from typing import Callable, NamedTuple
@@ -24,7 +31,6 @@ from latentadv.attacks.pgd import project
 
 _ALPHA = 0.75  # Weight of the new step; 1 - _ALPHA goes to the previous one (momentum).
 _RHO = 0.75
-UNROLL = True
 
 
 class _State(NamedTuple):
@@ -56,7 +62,8 @@ def _checkpoint_intervals(steps: int) -> np.ndarray:
 
 
 def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
-         x_start: jax.Array, eps: float, steps: int) -> tuple[jax.Array, jax.Array]:
+         x_start: jax.Array, eps: float, steps: int, unroll: bool
+         ) -> tuple[jax.Array, jax.Array]:
   """One APGD run from x_start maximising loss_fn(logits) (B,); returns (x_adv, fooled)."""
   intervals = jnp.asarray(_checkpoint_intervals(steps))
 
@@ -101,7 +108,7 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
              grad_best=grad, x_fool=x_start, fooled=wrong,
              successes=jnp.zeros(loss.shape, jnp.int32), best_at_check=loss,
              halved_at_check=jnp.ones(loss.shape, bool))
-  s = jax.lax.fori_loop(0, steps, body, s, unroll=UNROLL)
+  s = jax.lax.fori_loop(0, steps, body, s, unroll=unroll)
   return where(s.fooled, s.x_fool, s.x_best), s.fooled
 
 
@@ -115,38 +122,52 @@ def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool) -> jax.
 
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
-         steps: int = 100, loss: str = 'ce', random_start: bool = True
+         steps: int = 100, loss: str = 'ce', random_start: bool = True, unroll: bool = True
          ) -> tuple[jax.Array, jax.Array]:
   """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss].
 
   Returns (x_adv, fooled): fooled (B,) bool says some iterate (the start included) was
   misclassified, and x_adv (B, H, W, C) is then such an iterate, else the highest-loss one.
-  Costs steps + 1 forward-backward passes.
+  Costs steps + 1 forward-backward passes; `unroll` unrolls the step loop (see above).
   """
   loss_fn = losses.LOSSES[loss]
   return _run(logits_fn, lambda logits: loss_fn(logits, y), x, y,
-              _start(rng, x, eps, random_start), eps, steps)
+              _start(rng, x, eps, random_start), eps, steps, unroll)
+
+
+def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
+                      target: int | jax.Array, *, eps: float, steps: int = 100,
+                      random_start: bool = True, unroll: bool = True
+                      ) -> tuple[jax.Array, jax.Array]:
+  """One APGD-T run on images x (B, H, W, C), labels y (B,), maximising losses.targeted_dlr.
+
+  Each example's target is its `target`-th (0-based; may be traced) highest clean logit among
+  the classes other than y. Returns (x_adv, fooled) as `apgd`: fooled means misclassified
+  (as any class). Costs steps + 1 forward-backward passes and one forward pass.
+  """
+  clean = logits_fn(x)
+  others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)
+  target_class = jnp.argsort(-others, axis=-1)[:, target]
+  return _run(logits_fn, lambda logits: losses.targeted_dlr(logits, y, target_class), x, y,
+              _start(rng, x, eps, random_start), eps, steps, unroll)
 
 
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
                   eps: float, steps: int = 100, num_targets: int = 9,
                   random_start: bool = True) -> tuple[jax.Array, jax.Array]:
-  """APGD-T on images x (B, H, W, C), labels y (B,): one targeted-DLR run per target class.
+  """APGD-T on images x (B, H, W, C), labels y (B,): `apgd_targeted_run` for targets 0, 1, ...
 
-  The targets are the num_targets classes other than y with the highest clean logits, in
-  decreasing order; run t starts from rng folded with t. Returns (x_adv, fooled) as `apgd`:
-  x_adv is the first run's misclassified point where fooled, else the last run's best point.
-  Costs num_targets * (steps + 1) forward-backward passes.
+  Run t targets the t-th most likely other class and starts from fold_in(rng, t). Returns
+  (x_adv, fooled) as `apgd`: x_adv is the first fooling run's misclassified point where
+  fooled, else the last run's best point. The runs are a rolled loop; on XLA:CPU it is faster
+  to jit `apgd_targeted_run` once and loop over the targets outside (stopping early once every
+  example is fooled).
   """
-  clean = logits_fn(x)
-  others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)
-  targets = jax.lax.top_k(others, num_targets)[1]  # (B, num_targets)
-
   def run(t, carry):
     x_adv, fooled = carry
-    x_run, fooled_run = _run(
-        logits_fn, lambda logits: losses.targeted_dlr(logits, y, targets[:, t]), x, y,
-        _start(jax.random.fold_in(rng, t), x, eps, random_start), eps, steps)
+    x_run, fooled_run = apgd_targeted_run(
+        logits_fn, x, y, jax.random.fold_in(rng, t), t, eps=eps, steps=steps,
+        random_start=random_start, unroll=False)
     return jnp.where(fooled[:, None, None, None], x_adv, x_run), fooled | fooled_run
 
   return jax.lax.fori_loop(0, num_targets, run, (x, jnp.zeros(y.shape, bool)))
