@@ -20,7 +20,7 @@ MODELS = {
 
 # Model-specific options of each model as configured by default (config.model.<name>).
 MODEL_DEFAULTS = {
-    'mnist_cnn': {},
+    'mnist_cnn': {'normalize': False},  # raw pixels, as the reference (Wong et al.) model
     'preact_resnet18': {'width': 64},
     'wide_resnet': {'depth': 28, 'widen_factor': 10, 'dropout': 0.3},
 }

@@ -9,19 +9,32 @@ import jax.numpy as jnp
 OUTPUTS = ('logits', 'features')
 
 
+# PyTorch's default initialisation of nn.Conv2d / nn.Linear: weights and biases uniform in
+# +-1/sqrt(fan_in). Models ported from PyTorch code that relies on it (the MNIST CNN) use it.
+torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default bias initialiser for a layer with `fan_in` inputs: U(-b, b), b = fan_in^-1/2."""
+  bound = fan_in ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                   bound)
+
+
 def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """Returns (x - mean) / std for x (B, H, W, C) in [0, 1] and per-channel mean, std (C,)."""
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
-def readout(features: jax.Array, num_classes: int, output: str) -> jax.Array:
+def readout(features: jax.Array, num_classes: int, output: str, **dense_options) -> jax.Array:
   """Returns `features` (B, D) itself or the logits (B, num_classes) of the linear 'head'.
 
   Must be called inside a compact `__call__`: the head is created there as `nn.Dense` named
   'head', so params['head'] holds its kernel (D, num_classes) and bias (num_classes,).
+  `dense_options` (e.g. initialisers) are passed to that nn.Dense.
   """
   if output not in OUTPUTS:
     raise ValueError(f'output must be one of {OUTPUTS}, got {output!r}.')
   if output == 'features':
     return features
-  return nn.Dense(num_classes, name='head')(features)
+  return nn.Dense(num_classes, name='head', **dense_options)(features)
