@@ -166,6 +166,9 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_slat.py:smoke',
        f'--workdir={workdir}', '--config.data.source=local', '--config.method.eps=0.1',
+       # The default latent radius 8/255 is large for this raw-pixel CNN's small features:
+       # 16 steps do not learn with it (README, Results).
+       '--config.method.slat.eps_h=0.004',
        f'--config.data.dir={os.path.join(DATA_ROOT, "mnist")}'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -181,7 +184,7 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   assert final['n_examples'] == 256 and final['steps'] == 5 and final['restarts'] == 2
   assert 0.0 <= final['pgd_accuracy'] <= final['clean_accuracy'] <= 1.0
   # 16 steps from a zero learning rate: well above chance (0.1) but far from trained.
-  assert final['clean_accuracy'] > 0.15
+  assert final['clean_accuracy'] > 0.3
   assert [h['epoch'] for h in results['history']] == [1, 2]
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
