@@ -24,6 +24,10 @@ class TrainState:
   model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
   opt_state: Any
 
+  def variables(self) -> dict:
+    """The variables for model.apply: {'params': ..., **model_state}."""
+    return {'params': self.params, **self.model_state}
+
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """The learning rate as a function of the step, per `optim.schedule`."""
@@ -80,4 +84,4 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict):
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train into this workdir '
                             'first (python -m latentadv.main --workdir=...).')
   state, _ = restored
-  return model, {'params': state.params, **state.model_state}
+  return model, state.variables()

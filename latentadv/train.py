@@ -158,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       record = {'epoch': epoch, 'step': done, 'train_seconds': progress['train_seconds'],
                 **{f'train_{k}': float(v) for k, v in fetched[-1].items()}}
       if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
-        result = periodic_eval({'params': state.params, **state.model_state})
+        result = periodic_eval(state.variables())
         record.update(clean_accuracy=result['clean_accuracy'],
                       pgd_accuracy=result['pgd_accuracy'])
         writer.write_scalars(done, {'eval/clean_accuracy': result['clean_accuracy'],
@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final = evaluate.from_config(model.apply, mesh, config, steps=config.eval.pgd_steps,
                                restarts=config.eval.pgd_restarts)
   n = config.eval.n_examples or len(test_labels)
-  final_result = final({'params': state.params, **state.model_state}, test_images[:n],
+  final_result = final(state.variables(), test_images[:n],
                        test_labels[:n], jax.random.key(config.seed + 2))
   writer.write_scalars(total_steps, {'final/clean_accuracy': final_result['clean_accuracy'],
                                      'final/pgd_accuracy': final_result['pgd_accuracy']})
