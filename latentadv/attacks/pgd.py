@@ -5,7 +5,7 @@ name are Python values (static under jit); eps and step_size may be traced.
 
 The step loop is unrolled (`fori_loop(..., unroll=True)`): XLA:CPU runs a convolutional
 network about 3x slower inside a while loop than unrolled (benchmarks/step_cost.py shows the
-PGD-AT cost); accelerators are indifferent.
+PGD-AT cost); the effect on accelerators is not measured.
 """
 
 from typing import Callable
