@@ -25,7 +25,7 @@ def table(records: list[dict]) -> str:
   base = records[0]['train_seconds']
   for r in records:
     final = r['final']
-    attack = f'PGD-{final["steps"]}-{final["restarts"]} ({final["loss"]})'
+    attack = 'PGD-{steps}-{restarts} ({loss})'.format(**final['attacks']['pgd'])
     lines.append(
         f'| {r["method"]} | {r["dataset"]} | {r["model"]} | {r["eps"]:.4g} | {r["epochs"]} | '
         f'{100 * final["clean_accuracy"]:.2f} % | {100 * final["pgd_accuracy"]:.2f} % | {attack} | '

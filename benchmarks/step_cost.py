@@ -56,7 +56,9 @@ def compiled_step(method: str, mesh, images, labels):
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 1000)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), images.shape[1:]),
+  shape = images.shape[1:]
+  state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), shape,
+                                              state_lib.init_carry(config, shape)),
                          parallel.replicated(mesh))
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),

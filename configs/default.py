@@ -30,9 +30,18 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       num_train_examples=0,   # use only the first n training examples (0 = all)
   ))
 
-  config.model = ml_collections.ConfigDict({'name': 'preact_resnet18'})
+  config.model = ml_collections.ConfigDict(dict(
+      name='preact_resnet18',
+      dtype='float32',        # compute dtype, 'float32' or 'bfloat16' (params stay float32)
+  ))
   for name, defaults in models.MODEL_DEFAULTS.items():
     config.model[name] = ml_collections.ConfigDict(defaults)
+  # Soft-quantisation layer before any model (models/soft_quant.py; method soft_quant needs it).
+  config.model.soft_quant = ml_collections.ConfigDict(dict(
+      levels=0,               # number K of thresholds (K + 1 output values); 0 = no quantiser
+      temperature=0.05,       # sigmoid temperature T in pixel units; smaller = harder steps
+      learnable=True,         # thresholds trained (as offsets from the even grid) or fixed
+  ))
 
   config.method = ml_collections.ConfigDict(dict(
       name='slat',
@@ -61,15 +70,27 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       checkpoint_every_steps=1000,
       checkpoints_to_keep=2,
       eval_every_epochs=1,    # periodic evaluation on a fixed test subset (0 = off)
+      # Catastrophic-overfitting monitor (latentadv/overfitting.py): periodic PGD on the first
+      # co_monitor_examples training examples after each epoch (0 = off); a drop of at least
+      # co_drop below the best is a collapse; co_stop stops there and keeps the best state.
+      co_monitor_examples=0,
+      co_drop=0.2,
+      co_stop=False,
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
+      suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, square, bpda, autoattack
       batch_size=500,
       n_examples=0,           # final evaluation on the first n test examples (0 = all)
       pgd_steps=50,
       pgd_restarts=10,
       step_size=0.25,         # PGD step as a fraction of eps
       loss='ce',              # 'ce', 'margin' or 'dlr'
+      apgd_steps=100,         # APGD-CE and APGD-T iterations (AutoAttack standard: 100)
+      apgd_restarts=1,
+      apgd_targets=9,         # APGD-T target classes (runs)
+      square_queries=5000,
+      square_p_init=0.8,
       periodic_n_examples=1000,
       periodic_pgd_steps=10,
       periodic_pgd_restarts=1,

@@ -2,62 +2,161 @@
 
 A checkpoint holds two items: 'state' (the TrainState pytree) and 'progress' (JSON: per-epoch
 history and accumulated training seconds), so a resumed run continues its records too.
+
+Failure behaviour: orbax writes a step into a temporary directory and renames it when complete,
+so a run killed mid-save leaves no half-written step (the next training run removes its
+temporary directory). A state with a NaN or infinite value is never saved. A damaged step is
+reported and the next older one restored (the trainer deletes the damaged one); a checkpoint
+whose arrays do not match the config's state raises CheckpointMismatchError.
 """
 
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
 
-class Checkpoints:
-  """Saves to `<workdir>/checkpoints` every `every_steps` steps and restores the latest step."""
+class CheckpointError(RuntimeError):
+  """No checkpoint in the directory can be restored."""
 
-  def __init__(self, workdir: str, every_steps: int, keep: int):
+
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint holds a different training state (model, optimizer) than the config builds."""
+
+
+class Checkpoints:
+  """Saves to `<workdir>/<subdir>` every `every_steps` steps and restores the latest step.
+
+  `remove_interrupted_saves`: delete the temporary directories of saves that never completed
+  (for the run that trains into the workdir, not for readers while it may be saving).
+  """
+
+  def __init__(self, workdir: str, every_steps: int, keep: int, subdir: str = 'checkpoints',
+               remove_interrupted_saves: bool = False):
     options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=keep,
-                                           create=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                                          options=options, item_names=('state', 'progress'))
+                                           create=True,
+                                           cleanup_tmp_directories=remove_interrupted_saves)
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, subdir)), options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'progress': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None."""
     return self._manager.latest_step()
 
-  def restore(self, abstract_state) -> tuple[object, dict] | None:
+  def all_steps(self) -> list[int]:
+    """Every saved step, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def restore(self, abstract_state,
+              delete_damaged: bool = False) -> tuple[object, dict] | None:
     """Restores (state, progress) from the newest readable checkpoint, or returns None.
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) of the state. A
-    checkpoint that can't be read is reported and the next older one is tried; if checkpoints
-    exist but none can be read (e.g. the config now names another model), this raises.
+    checkpoint that can't be read is reported with a warning and the next older one is tried;
+    with `delete_damaged`, the damaged newer ones are deleted once one is restored (a resumed
+    run must save those steps again).
+    Raises CheckpointMismatchError if a checkpoint's arrays differ from `abstract_state`'s
+    (another model or optimizer), CheckpointError if checkpoints exist but none can be read.
     """
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    for step in steps:
+    directory = self._manager.directory
+    failures = []
+    for step in self.all_steps()[::-1]:
+      difference = self._difference(step, abstract_state)
+      if difference:
+        raise CheckpointMismatchError(
+            f'The checkpoint at step {step} in {directory} does not match this config: '
+            f'{difference}. Fix: run with the config the checkpoints were written with '
+            f'(config.json next to {directory.name}/), or use a new --workdir.')
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
       except Exception as error:  # orbax raises many types for a damaged checkpoint
-        logging.warning('Checkpoint at step %d could not be restored (%s: %s); trying an '
-                        'older one.', step, type(error).__name__, error)
+        failures.append((step, _one_line(error)))
+        logging.warning('Checkpoint at step %d in %s is damaged or incomplete (%s); skipping '
+                        'it.', step, directory, _one_line(error))
         continue
+      if failures and delete_damaged:
+        for damaged, _ in failures:
+          self._manager.delete(damaged)
+        logging.warning('Restored step %d; deleted the damaged step(s) %s.', step,
+                        [damaged for damaged, _ in failures])
       return restored.state, restored.progress
-    if steps:
-      raise RuntimeError(
-          f'None of the checkpoints {steps} in {self._manager.directory} matches this run\'s '
-          'config (see the warnings above). Use a new --workdir, or the config the checkpoints '
-          'were written with (config.json in the workdir).')
+    if failures:
+      raise CheckpointError(
+          f'No checkpoint in {directory} can be restored '
+          f'({"; ".join(f"step {step}: {reason}" for step, reason in failures)}). Fix: delete '
+          f'{directory} to train from scratch, or use a new --workdir.')
+    return None
+
+  def _difference(self, step: int, abstract_state) -> str | None:
+    """The first array that differs between checkpoint `step` and `abstract_state`, or None.
+
+    None also if the checkpoint's metadata can't be read (restore then reports the damage).
+    """
+    try:
+      saved = ocp.tree.to_flat_dict(self._manager.item_metadata(step)['state'].tree, sep='/')
+    except Exception:  # pylint: disable=broad-except
+      return None
+    expected = ocp.tree.to_flat_dict(abstract_state, sep='/')
+    for name in [*expected, *sorted(saved.keys() - expected.keys())]:
+      if name not in saved:
+        return f"{name} is in this config's state but not in the checkpoint"
+      if name not in expected:
+        return f"the checkpoint has {name}, which this config's state has not"
+      if tuple(saved[name].shape) != tuple(expected[name].shape):
+        return (f'{name} has shape {tuple(saved[name].shape)} in the checkpoint and '
+                f'{tuple(expected[name].shape)} in this config')
     return None
 
   def save(self, step: int, state, progress: dict, force: bool = False) -> bool:
-    """Saves (asynchronously) if `step` is on the save interval or `force`; True if saved."""
+    """Saves (asynchronously) if `step` is on the save interval or `force`; True if saved.
+
+    Raises FloatingPointError instead of saving a state with a NaN or infinite value, so the
+    newest checkpoint is always a good one.
+    """
+    if not (force or self._manager.should_save(step)):
+      return False
+    if not _all_finite(state):
+      self._manager.wait_until_finished()  # the checkpoint named below is then on disk
+      raise FloatingPointError(
+          f'The training state at step {step} has NaN or infinite values; not saving it. The '
+          f'last good checkpoint is step {self.latest_step()} in {self._manager.directory}. '
+          'Lower config.optim.learning_rate or check the data and the method config.')
     return self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)), force=force)
 
+  def wait_until_finished(self):
+    """Blocks until pending saves are complete on disk."""
+    self._manager.wait_until_finished()
+
   def close(self):
-    """Waits for pending saves to finish."""
+    """Waits for pending saves to finish and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def abstract_like(tree):
+  """jax.ShapeDtypeStruct (with the sharding) of every array in `tree`: what restore takes."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True if every floating-point value in `tree` is finite (a scalar bool array)."""
+  return jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                    if jnp.issubdtype(x.dtype, jnp.inexact)]).all()
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+  """'Type: message' of `error` on one line, cut to about `limit` characters."""
+  text = ' '.join(f'{type(error).__name__}: {error}'.split())
+  return text if len(text) <= limit else text[:limit] + ' ...'
 
 
 def write_json_atomically(path: str, record: dict):

@@ -1,8 +1,8 @@
-"""Input pipeline: tfds or canonical local files, per-process shards, augmentation, eval batches.
+"""Input pipeline: tfds or canonical local files, training batches, augmentation, eval batches.
 
-Images are float32 in [0, 1], NHWC; labels are int32. Each process keeps only its own
-contiguous shard of a split (`np.array_split` order), so a multi-host run reads every
-example exactly once.
+Images are float32 in [0, 1], NHWC; labels are int32. `load_split` can return one process's
+contiguous shard of a split (`np.array_split` order); the trainer loads the whole training
+split in every process and `TrainStream` hands each process its part of every global batch.
 """
 
 from collections.abc import Iterator
@@ -222,33 +222,49 @@ def _read_cifar10(paths: list[str], num_classes: int) -> tuple[np.ndarray, np.nd
 
 
 class TrainStream:
-  """Shuffled training batches of one process's shard, a pure function of (seed, step).
+  """Shuffled training batches, a pure function of (seed, step), the same for any process count.
 
-  Epoch e = step // steps_per_epoch visits the shard in the order of a permutation drawn
-  from np.random.default_rng([seed, e]); the last partial batch of each epoch is dropped.
+  Every process holds the whole training split (the datasets here fit in host memory many
+  times over). Epoch e = step // steps_per_epoch visits the split in the order of one global
+  permutation drawn from np.random.default_rng([seed, e]); global batch `step` is the next
+  `batch_size` examples of it (the last partial batch of each epoch is dropped), and process p
+  of P returns the p-th of P contiguous parts of that global batch. So the global batch of a
+  step is the same set and order of examples whatever P is.
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
     if not 0 < batch_size <= len(images):
-      raise ValueError(f'batch_size {batch_size} must be in [1, {len(images)}] (the shard size).')
+      raise ValueError(f'batch_size {batch_size} must be in [1, {len(images)}] (the split size).')
+    if batch_size % process_count:
+      raise ValueError(f'batch_size {batch_size} must be divisible by the number of processes '
+                       f'({process_count}).')
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
     self.images = images
     self.labels = labels
     self.batch_size = batch_size
     self.seed = seed
+    self._local_size = batch_size // process_count
+    self._local_start = process_index * self._local_size
     self._epoch_order = (None, None)
 
   @property
   def steps_per_epoch(self) -> int:
-    """Number of full batches in one pass over the shard."""
+    """Number of full global batches in one pass over the split."""
     return len(self.images) // self.batch_size
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """Returns batch `step`: image float32 (b, H, W, C) and label int32 (b,), b = batch_size."""
+    """This process's part of global batch `step`: image float32 (b, H, W, C), label int32 (b,).
+
+    b = batch_size / process_count.
+    """
     epoch, index = divmod(step, self.steps_per_epoch)
     if self._epoch_order[0] != epoch:
       order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
       self._epoch_order = (epoch, order)
-    rows = self._epoch_order[1][index * self.batch_size:(index + 1) * self.batch_size]
+    start = index * self.batch_size + self._local_start
+    rows = self._epoch_order[1][start:start + self._local_size]
     return {'image': self.images[rows], 'label': self.labels[rows]}
 
 

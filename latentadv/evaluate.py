@@ -1,15 +1,39 @@
-"""The robustness evaluator: clean and PGD-k-r accuracy of a model, sharded like training.
+"""The robustness evaluator: clean accuracy and the worst case over a suite of attacks.
 
-Library: `Evaluator(...)(variables, images, labels, rng)`; `load_model(workdir)`.
-Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.pgd_steps=...]`
+An attack suite is a sequence of attacks; each runs `runs` times (restarts, or APGD-T's
+targets) and every run attacks only the examples still robust, so a strong early attack
+makes the later ones cheap. An example is robust only if no run of any attack fooled it.
+
+Suites (`config.eval.suite`):
+  pgd         PGD-k-r (k = eval.pgd_steps, r = eval.pgd_restarts, step eval.step_size x eps,
+              loss eval.loss); an example is fooled if ANY iterate of any restart is.
+  apgd-ce     APGD with cross-entropy (eval.apgd_steps, eval.apgd_restarts).
+  apgd-t      APGD-T with the targeted DLR loss, one run per target (eval.apgd_targets).
+  square      Square attack (eval.square_queries, eval.square_p_init): no gradients.
+  bpda        PGD through the model's straight-through surrogate (BPDA): for models whose
+              input layer masks gradients (the soft quantiser); the same as `pgd` otherwise.
+  autoattack  apgd-ce -> apgd-t -> square, each on the points still robust: a JAX port of
+              AutoAttack's "standard" version WITHOUT FAB-T (not implemented). For a model
+              with a soft quantiser the gradient attacks differentiate the straight-through
+              surrogate (BPDA), as they must.
+
+Every process holds all examples and runs the same host loop (the same examples in the same
+batches, in the same order), so results are identical on every process; each global batch
+is sharded over the mesh, padded to the batch size and masked.
+
+Library: `Evaluator`, `from_config`, `load_model(workdir)`.
+Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.suite=autoattack ...]`
 evaluates the latest checkpoint in DIR with the config saved there (overridable) and writes
-`DIR/eval_pgd.json`.
+`DIR/eval_<suite>.json` (accuracies, settings, n examples, seconds) and `DIR/eval_<suite>.npz`
+(per example: index, label, correct, robust, fooled_by_<attack>).
 """
 
+import dataclasses
 import functools
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -21,75 +45,193 @@ from ml_collections import config_flags
 
 from latentadv import checkpoint
 from latentadv import data
+from latentadv import models
 from latentadv import parallel
 from latentadv import state as state_lib
+from latentadv import validation
+from latentadv.attacks import SUITES
+from latentadv.attacks import apgd
 from latentadv.attacks import pgd
+from latentadv.attacks import square
+
+# fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool; run is a traced int32.
+FooledFn = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """One attack of a suite: `runs` calls of `fooled`, each with its own key and run index.
+
+  `straight_through` makes the attack differentiate the model's BPDA surrogate.
+  """
+  name: str
+  runs: int
+  fooled: FooledFn
+  settings: dict
+  straight_through: bool = False
+
+
+def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
+                straight_through: bool = False) -> Attack:
+  """The attack `name` (a member of a suite) with its settings from `eval_config`."""
+  if name in ('pgd', 'bpda'):
+    step_size = eval_config.step_size * eps
+    settings = dict(steps=eval_config.pgd_steps, restarts=eval_config.pgd_restarts,
+                    step_size=step_size, loss=eval_config.loss)
+
+    def fooled(logits_fn, x, y, rng, run):
+      del run
+      return pgd.fooled_in_restart(logits_fn, x, y, rng, eps=eps, step_size=step_size,
+                                   steps=settings['steps'], loss=settings['loss'])
+    return Attack(name, eval_config.pgd_restarts, fooled, settings,
+                  straight_through or name == 'bpda')
+  if name == 'apgd-ce':
+    settings = dict(steps=eval_config.apgd_steps, restarts=eval_config.apgd_restarts,
+                    loss='ce')
+
+    def fooled(logits_fn, x, y, rng, run):
+      del run
+      return apgd.apgd(logits_fn, x, y, rng, eps=eps, steps=settings['steps'], loss='ce')[1]
+    return Attack(name, eval_config.apgd_restarts, fooled, settings, straight_through)
+  if name == 'apgd-t':
+    settings = dict(steps=eval_config.apgd_steps, targets=eval_config.apgd_targets,
+                    loss='targeted_dlr')
+
+    def fooled(logits_fn, x, y, rng, run):
+      return apgd.apgd_targeted_run(logits_fn, x, y, rng, run, eps=eps,
+                                    steps=settings['steps'])[1]
+    return Attack(name, eval_config.apgd_targets, fooled, settings, straight_through)
+  if name == 'square':
+    settings = dict(queries=eval_config.square_queries, p_init=eval_config.square_p_init)
+
+    def fooled(logits_fn, x, y, rng, run):
+      del run
+      return square.square(logits_fn, x, y, rng, eps=eps, n_queries=settings['queries'],
+                           p_init=settings['p_init'])[1]
+    return Attack(name, 1, fooled, settings)
+  raise ValueError(f'Unknown attack {name!r}; valid: pgd, bpda, apgd-ce, apgd-t, square.')
+
+
+def suite_attacks(suite: str, eval_config: ml_collections.ConfigDict, eps: float, *,
+                  has_quantiser: bool = False) -> list[Attack]:
+  """The attacks of `suite` (see SUITES); autoattack's gradient attacks use BPDA when the
+  model has a gradient-masking input quantiser (`has_quantiser`)."""
+  if suite not in SUITES:
+    raise ValueError(f'Unknown suite {suite!r}; valid suites: {", ".join(SUITES)}.')
+  return [make_attack(name, eval_config, eps,
+                      straight_through=has_quantiser and suite == 'autoattack')
+          for name in SUITES[suite]]
 
 
 class Evaluator:
-  """Counts clean and PGD-robust examples with jitted, data-sharded functions.
+  """Clean accuracy and robust accuracy under a sequence of attacks, with jitted attacks.
 
-  PGD: `steps` sign steps of `step_size` in the L-inf ball of radius `eps`, `restarts` random
-  starts, loss 'ce' or 'margin'; an example is robust only if no iterate of any restart
-  fools the model (see attacks/pgd.py).
+  apply_fn: a Flax `model.apply`; surrogate_apply_fn: the apply of the model's BPDA surrogate
+  (same variables; used by attacks with `straight_through`), default apply_fn.
   """
 
-  def __init__(self, apply_fn, mesh, *, eps: float, steps: int, restarts: int,
-               step_size: float, loss: str, batch_size: int):
-    self.settings = dict(attack='pgd', eps=eps, steps=steps, restarts=restarts,
-                         step_size=step_size, loss=loss)
+  def __init__(self, apply_fn, mesh, attacks: Sequence[Attack], *, eps: float,
+               batch_size: int, surrogate_apply_fn=None):
+    self.attacks = tuple(attacks)
+    self.eps = eps
     self._mesh = mesh
-    self._local_batch = parallel.check_batch_size(batch_size, 'config.eval.batch_size', mesh)
+    self._batch_size = batch_size
+    parallel.check_batch_size(batch_size, 'config.eval.batch_size', mesh)
+    replicated = parallel.replicated(mesh)
+    surrogate_apply_fn = surrogate_apply_fn or apply_fn
 
     def correct(variables, image, label):
       return apply_fn(variables, image, train=False).argmax(-1) == label
 
-    def fooled(variables, image, label, rng):
-      return pgd.fooled_in_restart(functools.partial(apply_fn, variables, train=False), image,
-                                   label, rng, eps=eps, step_size=step_size, steps=steps,
-                                   loss=loss)
+    def fooled_fn(attack):
+      attacked_apply = surrogate_apply_fn if attack.straight_through else apply_fn
 
-    self._correct = jax.jit(correct)
-    self._fooled = jax.jit(fooled)
+      def fooled(variables, image, label, rng, run):
+        logits_fn = functools.partial(attacked_apply, variables, train=False)
+        return attack.fooled(logits_fn, image, label, rng, run)
+      return jax.jit(fooled, out_shardings=replicated)
 
-  def _robust_and_correct(self, variables, batch, rng) -> tuple[int, int]:
-    """(clean-correct, robust) counts of one global batch; restarts stop once none is robust."""
-    correct = self._correct(variables, batch['image'], batch['label']) & batch['mask']
-    robust = correct
-    for r in range(self.settings['restarts']):
-      if not jax.device_get(robust.any()):
-        break
-      robust &= ~self._fooled(variables, batch['image'], batch['label'],
-                              jax.random.fold_in(rng, r))
-    return int(jax.device_get(correct.sum())), int(jax.device_get(robust.sum()))
+    self._correct = jax.jit(correct, out_shardings=replicated)
+    self._fooled = [fooled_fn(attack) for attack in self.attacks]
 
-  def __call__(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array) -> dict:
-    """Evaluates on all of images (N, H, W, C) in [0, 1] / labels (N,); returns a record.
+  def _map_batches(self, fn, indices: np.ndarray, images: np.ndarray, labels: np.ndarray
+                   ) -> np.ndarray:
+    """fn(image, label, batch_number) -> (B,) bool over `indices`, in padded global batches."""
+    out = np.zeros(len(indices), bool)
+    size = self._batch_size
+    for number, start in enumerate(range(0, len(indices), size)):
+      chunk = indices[start:start + size]
+      padded = np.concatenate([chunk, np.full(size - len(chunk), chunk[0])])
+      batch = parallel.shard_batch({'image': images[padded], 'label': labels[padded]},
+                                   self._mesh)
+      out[start:start + len(chunk)] = np.asarray(
+          fn(batch['image'], batch['label'], number))[:len(chunk)]
+    return out
 
-    Every process passes the same arrays; each evaluates its contiguous share.
+  def evaluate(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array
+               ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Evaluates images (N, H, W, C) in [0, 1] with labels (N,).
+
+    Returns (record, per_example). record: clean_accuracy, robust_accuracy (worst case over
+    all attacks), <attack>_accuracy (robust accuracy after that attack and those before it),
+    n_examples, eps, seconds and per attack its settings and seconds. per_example: index,
+    label, correct, robust, fooled_by_<attack> — (N,) arrays. Every process passes the same
+    arrays and gets the same results.
     """
     start = time.perf_counter()
-    index, count = jax.process_index(), jax.process_count()
-    local_images = np.array_split(images, count)[index]
-    local_labels = np.array_split(labels, count)[index]
-    num_batches = data.eval_num_batches(len(labels), count, self._local_batch)
-    variables = jax.device_put(variables, parallel.replicated(self._mesh))
-    totals = np.zeros(2, np.int64)
-    for i, batch in enumerate(data.eval_batches(local_images, local_labels, self._local_batch,
-                                                num_batches)):
-      totals += self._robust_and_correct(variables, parallel.global_batch(batch, self._mesh),
-                                         jax.random.fold_in(rng, i))
     n = len(labels)
-    return {'clean_accuracy': float(totals[0] / n), 'pgd_accuracy': float(totals[1] / n),
-            'n_examples': n, 'seconds': time.perf_counter() - start, **self.settings}
+    variables = jax.device_put(variables, parallel.replicated(self._mesh))
+    correct = self._map_batches(lambda x, y, _: self._correct(variables, x, y),
+                                np.arange(n), images, labels)
+    robust = correct.copy()
+    record = {'clean_accuracy': float(correct.mean()), 'n_examples': n, 'eps': self.eps,
+              'attacks': {}}
+    per_example = {'index': np.arange(n), 'label': np.asarray(labels), 'correct': correct}
+    for a, (attack, fooled_fn) in enumerate(zip(self.attacks, self._fooled)):
+      attack_start = time.perf_counter()
+      fooled_by = np.zeros(n, bool)
+      for run in range(attack.runs):
+        remaining = np.flatnonzero(robust)
+        if not len(remaining):
+          break
+        run_rng = jax.random.fold_in(jax.random.fold_in(rng, a), run)
+        fooled = self._map_batches(
+            lambda x, y, number: fooled_fn(variables, x, y, jax.random.fold_in(run_rng, number),
+                                           run),
+            remaining, images, labels)
+        fooled_by[remaining[fooled]] = True
+        robust[remaining[fooled]] = False
+        logging.info('%s run %d/%d: %d of %d examples still robust (%.0f s).', attack.name,
+                     run + 1, attack.runs, robust.sum(), n, time.perf_counter() - attack_start)
+      per_example[f'fooled_by_{attack.name}'] = fooled_by
+      record[f'{attack.name}_accuracy'] = float(robust.mean())
+      record['attacks'][attack.name] = {**attack.settings, 'straight_through':
+                                        attack.straight_through,
+                                        'seconds': time.perf_counter() - attack_start}
+    per_example['robust'] = robust
+    record['robust_accuracy'] = float(robust.mean())
+    record['seconds'] = time.perf_counter() - start
+    return record, per_example
+
+  def __call__(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array
+               ) -> dict:
+    """The record of `evaluate` (without the per-example arrays)."""
+    return self.evaluate(variables, images, labels, rng)[0]
 
 
-def from_config(apply_fn, mesh, config: ml_collections.ConfigDict, *, steps: int,
+def from_config(model, mesh, config: ml_collections.ConfigDict, *, steps: int,
                 restarts: int) -> Evaluator:
-  """An Evaluator with config.method.eps and config.eval's step size, loss and batch size."""
-  return Evaluator(apply_fn, mesh, eps=config.method.eps, steps=steps, restarts=restarts,
-                   step_size=config.eval.step_size * config.method.eps, loss=config.eval.loss,
-                   batch_size=config.eval.batch_size)
+  """A PGD-`steps`-`restarts` Evaluator of the Flax `model` with config.method.eps and
+  config.eval's step size, loss and batch size. If the model has a soft quantiser, PGD
+  differentiates its straight-through surrogate (BPDA), so no number it reports is inflated by
+  the quantiser's masked gradient."""
+  eval_config = ml_collections.ConfigDict(config.eval.to_dict())
+  eval_config.pgd_steps, eval_config.pgd_restarts = steps, restarts
+  attack = make_attack('pgd', eval_config, config.method.eps,
+                       straight_through=models.has_quantiser(model))
+  return Evaluator(model.apply, mesh, [attack], eps=config.method.eps,
+                   batch_size=config.eval.batch_size,
+                   surrogate_apply_fn=models.straight_through(model).apply)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -112,15 +254,41 @@ def load_model(workdir: str):
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
-  """PGD evaluation of the latest checkpoint in `workdir` per `config.eval`; writes JSON."""
+  """Evaluates the latest checkpoint in `workdir` with `config.eval.suite` on the first
+  `config.eval.n_examples` test examples (0 = all); writes eval_<suite>.json and .npz."""
   model, variables = state_lib.restore_variables(workdir, config)
   images, labels = data.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
-  evaluator = from_config(model.apply, parallel.make_mesh(), config,
-                          steps=config.eval.pgd_steps, restarts=config.eval.pgd_restarts)
-  result = evaluator(variables, images[:n], labels[:n], jax.random.key(config.seed + 2))
-  checkpoint.write_json_atomically(os.path.join(workdir, 'eval_pgd.json'), result)
-  return result
+  suite = config.eval.suite
+  surrogate = models.straight_through(model)
+  attacks = suite_attacks(suite, config.eval, config.method.eps,
+                          has_quantiser=models.has_quantiser(model))
+  evaluator = Evaluator(model.apply, parallel.make_mesh(), attacks, eps=config.method.eps,
+                        batch_size=config.eval.batch_size, surrogate_apply_fn=surrogate.apply)
+  record, per_example = evaluator.evaluate(variables, images[:n], labels[:n],
+                                           jax.random.key(config.seed + 2))
+  record = {'suite': suite, 'label': _LABELS.get(suite, suite), **record}
+  if jax.process_index() == 0:
+    checkpoint.write_json_atomically(os.path.join(workdir, f'eval_{suite}.json'), record)
+    np.savez_compressed(os.path.join(workdir, f'eval_{suite}.npz'), **per_example)
+  return record
+
+
+_LABELS = {'autoattack': 'AutoAttack-style worst case, JAX port (APGD-CE, APGD-T, Square; '
+                         'no FAB-T)'}
+
+
+def _set_leaves(config: ml_collections.ConfigDict, values: dict, prefix: str = ''):
+  """Sets every leaf of the nested dict `values` that `config` has; warns about the others
+  (keys of an older version's saved config)."""
+  for key, value in values.items():
+    if key not in config:
+      logging.warning('Ignoring config.%s%s of the saved config: not a key of this version.',
+                      prefix, key)
+    elif isinstance(value, dict):
+      _set_leaves(config[key], value, f'{prefix}{key}.')
+    else:
+      config[key] = value
 
 
 def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict):
@@ -133,22 +301,31 @@ def _apply_overrides(config: ml_collections.ConfigDict, overrides: dict):
     node[leaf] = value
 
 
+def workdir_config(workdir: str, base: ml_collections.ConfigDict,
+                   overrides: dict) -> ml_collections.ConfigDict:
+  """`base` (a default config) with the values saved in `workdir`, then `overrides`
+  ({'a.b.c': value}) applied, validated."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  _set_leaves(config, load_config(workdir).to_dict())
+  _apply_overrides(config, overrides)
+  validation.validate(config)
+  return config
+
+
 def _main(argv):
   del argv
-  config = load_config(FLAGS.workdir)
-  _apply_overrides(config, config_flags.get_override_values(FLAGS['config']))
-  validation.validate(config)
+  config = workdir_config(FLAGS.workdir, default.get_config(),
+                          config_flags.get_override_values(FLAGS['config']))
   result = evaluate_workdir(FLAGS.workdir, config)
   logging.info('%s', json.dumps(result, indent=2))
 
 
 if __name__ == '__main__':
   from configs import default  # pylint: disable=g-import-not-at-top
-  from latentadv import validation  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_dict(
       'config', default.get_config(),
-      'Overrides of the saved config, e.g. --config.eval.n_examples=1000.')
+      'Overrides of the saved config, e.g. --config.eval.suite=autoattack.')
   app.run(_main)

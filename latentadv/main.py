@@ -3,20 +3,35 @@
   python -m latentadv.main --config=configs/cifar_slat.py[:preset] --workdir=DIR \
       [--config.data.source=local --config.data.dir=../shared/data/cifar10 ...]
 
-Re-running the same command resumes from the latest checkpoint in DIR.
+Re-running the same command resumes from the latest checkpoint in DIR. Multi-process runs add
+--coordinator_address, --num_processes and --process_id (see parallel.initialize and launch/).
+Bad input (an unknown or invalid config key, unreadable data, checkpoints that do not match the
+config) ends the run with a one-line message naming the problem and the fix, and exit code 1.
 """
 
+import re
+import sys
+
+import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from latentadv import checkpoint
+from latentadv import data
+from latentadv import parallel
 from latentadv import train
+from latentadv import validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py), optionally '
                                 'followed by :preset.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process '
+                    'run (default: detected by JAX on Cloud TPU, SLURM and Open MPI).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,15 +40,37 @@ def _quiet_libraries(record) -> bool:
   return record.levelno >= logging.converter.STANDARD_WARNING or '/orbax/' not in record.pathname
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override of a key the config lacks exits with one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:  # how the locked ConfigDict rejects a key
+    key = (re.findall(r'\w+', str(error)) or [''])[0]
+    overrides = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
+    flag = next((name for name in overrides if key in name.split('.')), None)
+    if flag is None:
+      raise
+    suggestion = re.search(r'Did you mean "(\w+)"', str(error))
+    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+    sys.exit(f'ConfigError: {flag} names no config key: there is no {key!r}{hint}. Fix: '
+             'spell it as in configs/default.py, which lists every key.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)  # Only process 0 logs progress.
   logging.get_absl_logger().addFilter(_quiet_libraries)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # TF (tfds, TensorBoard) must not take accelerators.
   logging.info('Config:\n%s', FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (validation.ConfigError, data.DataError, checkpoint.CheckpointError) as error:
+    sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,8 +1,11 @@
-"""Device mesh and shardings for data-parallel training on 1 device, N devices or many hosts.
+"""Multi-process start-up, device mesh and shardings for data-parallel training.
 
-Parameters and optimizer state are replicated; batches are split along their leading axis
-over the mesh axis 'data'. Each host feeds only its own slice of the global batch.
+Runs on 1 device, N devices or many hosts. Parameters and optimizer state are replicated;
+batches are split along their leading axis over the mesh axis 'data'. Each host feeds only
+its own slice of the global batch.
 """
+
+import os
 
 import jax
 import numpy as np
@@ -10,6 +13,28 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
+
+# Variables with which a SLURM step (srun) or Open MPI (mpirun) announces its process count.
+_LAUNCHER_PROCESS_COUNTS = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Starts JAX's distributed runtime if this process is one of several; True if it started.
+
+  Call it before any JAX computation. It starts when any argument is given (JAX detects the
+  ones left None on Cloud TPU, SLURM and Open MPI; e.g. on a TPU pod `num_processes` alone
+  suffices), or when a SLURM step or an Open MPI job launched more than one process (JAX then
+  detects all three). Otherwise the run is single-process and nothing is started.
+  Cross-process collectives on CPU devices use gloo.
+  """
+  explicit = any(value is not None for value in (coordinator_address, num_processes, process_id))
+  launched = any(int(os.environ.get(name, '1')) > 1 for name in _LAUNCHER_PROCESS_COUNTS)
+  if not (explicit or launched):
+    return False
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  return True
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -33,6 +58,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) ->
   """Assembles this process's per-host arrays (b, ...) into global arrays (b * processes, ...)."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
+  """Global arrays (B, ...) split over the mesh from host arrays every process holds whole."""
+  sharding = data_sharded(mesh)
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+          for k, v in batch.items()}
 
 
 def check_batch_size(global_size: int, name: str, mesh: jax.sharding.Mesh) -> int:

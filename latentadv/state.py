@@ -13,6 +13,7 @@ import optax
 
 from latentadv import checkpoint
 from latentadv import data
+from latentadv import methods
 from latentadv import models
 
 
@@ -23,6 +24,8 @@ class TrainState:
   params: Any
   model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
   opt_state: Any
+  # A method's persistent per-example state (see `init_carry`); {} for most methods.
+  carry: Any = flax.struct.field(default_factory=dict)
 
   def variables(self) -> dict:
     """The variables for model.apply: {'params': ..., **model_state}."""
@@ -57,19 +60,35 @@ def make_optimizer(optim: ml_collections.ConfigDict,
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """The Flax model named by config.model, normalised for config.data's dataset."""
+  """The Flax model named by config.model (with its soft-quantiser if on), for config.data."""
   info = data.DATASETS[config.data.name]
   return models.create_model(config.model.name, config.model[config.model.name].to_dict(),
-                             num_classes=info.num_classes, mean=info.mean, std=info.std)
+                             num_classes=info.num_classes, mean=info.mean, std=info.std,
+                             soft_quant=config.model.soft_quant.to_dict(),
+                             dtype=config.model.dtype)
+
+
+def init_carry(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dict:
+  """The initial carry of config.method for global batches of images (H, W, C).
+
+  A method with a carry defines `init_carry(batch_shape, method_config)` and
+  `update_carry(carry, carry_grad, method_config)`: the trainer passes the carry's entries to
+  its loss as batch entries, differentiates the loss w.r.t. params and carry in one backward
+  pass and stores the updated carry. Other methods have the empty carry {}.
+  """
+  method = methods.METHODS[config.method.name]
+  if not hasattr(method, 'init_carry'):
+    return {}
+  return method.init_carry((config.optim.batch_size, *image_shape), config.method)
 
 
 def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-               image_shape: tuple[int, ...]) -> TrainState:
-  """A fresh TrainState for images of shape (H, W, C)."""
+               image_shape: tuple[int, ...], carry: dict | None = None) -> TrainState:
+  """A fresh TrainState for images of shape (H, W, C), holding `carry` (default {})."""
   variables = dict(models.init_variables(model, rng, (1, *image_shape)))
   params = variables.pop('params')
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                    opt_state=tx.init(params))
+                    opt_state=tx.init(params), carry={} if carry is None else carry)
 
 
 def restore_variables(workdir: str, config: ml_collections.ConfigDict):
@@ -77,8 +96,13 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict):
   model = build_model(config)
   tx = make_optimizer(config.optim, learning_rate_schedule(config.optim, 1))
   image_shape = data.DATASETS[config.data.name].image_shape
-  abstract = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape),
+  carry = init_carry(config, image_shape)
+  abstract = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, carry),
                             jax.random.key(0))
+  # Onto one local device, whatever devices and processes wrote the checkpoint.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
   restored = checkpoint.Checkpoints(workdir, every_steps=1, keep=1).restore(abstract)
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train into this workdir '

@@ -21,6 +21,7 @@ from latentadv import checkpoint
 from latentadv import data
 from latentadv import evaluate
 from latentadv import methods
+from latentadv import overfitting
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv import validation
@@ -30,27 +31,46 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict):
   """Returns train_step(state, batch, rng) -> (new state, metrics) (not yet jitted).
 
-  batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}. The step's randomness
-  is fold_in(rng, step): augmentation and the method's noise depend only on (seed, step).
+  batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}. The method's noise
+  is drawn from fold_in(rng, step), the augmentation from fold_in(rng, step // replays) (one
+  augmentation per minibatch, see `minibatch_replays`): both depend only on (seed, step).
+  A method with a carry (state_lib.init_carry) gets its entries in the batch; one backward
+  pass gives the gradients w.r.t. params and carry, and the method updates its carry.
   """
+  update_carry = getattr(methods.METHODS[config.method.name], 'update_carry', None)
+  replays = minibatch_replays(config)
+
   def train_step(state: state_lib.TrainState, batch, rng):
-    aug_rng, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    aug_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step // replays))
+    _, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     images = data.augment(aug_rng, batch['image'], config.data.crop_padding, config.data.flip)
 
-    def loss_fn(params):
+    def loss_fn(params, carry):
       loss, metrics, model_state = method_loss(
-          apply_fn, params, state.model_state, {'image': images, 'label': batch['label']},
-          method_rng, config.method)
+          apply_fn, params, state.model_state,
+          {'image': images, 'label': batch['label'], **carry}, method_rng, config.method)
       return loss, (metrics, model_state)
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (metrics, model_state)), (grads, carry_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.carry)
+    carry = state.carry
+    if update_carry is not None:
+      carry = update_carry(state.carry, carry_grads, config.method)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           model_state=model_state, opt_state=opt_state)
+                           model_state=model_state, opt_state=opt_state, carry=carry)
     metrics = {**metrics, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state.step)}
     return new_state, metrics
   return train_step
+
+
+def minibatch_replays(config: ml_collections.ConfigDict) -> int:
+  """Optimizer steps trained in a row on each minibatch: the method's `replays` key, else 1.
+
+  Step s trains on minibatch s // replays; `optim.epochs` counts optimizer-step epochs.
+  """
+  return config.method[config.method.name].get('replays', 1)
 
 
 def jit_train_step(train_step, state: state_lib.TrainState, mesh):
@@ -63,23 +83,29 @@ def jit_train_step(train_step, state: state_lib.TrainState, mesh):
                  donate_argnums=0)
 
 
-def _check_finite(step_metrics: list[dict], first_step: int, last_checkpoint, workdir: str):
-  """Raises FloatingPointError naming the first step whose loss is NaN or infinite."""
+def _check_finite(step_metrics: list[dict], first_step: int,
+                  checkpoints: checkpoint.Checkpoints, workdir: str):
+  """Raises FloatingPointError naming the first step whose loss is NaN or infinite.
+
+  Pending checkpoint saves are completed first, so the checkpoint it names is on disk.
+  """
   for offset, metrics in enumerate(step_metrics):
     if not np.isfinite(metrics['loss']):
+      checkpoints.wait_until_finished()
       raise FloatingPointError(
           f'The training loss is {metrics["loss"]} at step {first_step + offset}; stopping. '
-          f'The last good checkpoint is step {last_checkpoint} in {workdir}/checkpoints. Lower '
-          'config.optim.learning_rate or check the data and the method config.')
+          f'The last good checkpoint is step {checkpoints.latest_step()} in '
+          f'{workdir}/checkpoints. Lower config.optim.learning_rate or check the data and the '
+          'method config.')
 
 
 class _PeriodicEval:
   """Clean and PGD accuracy on the first `eval.periodic_n_examples` test examples."""
 
-  def __init__(self, config, apply_fn, test_images, test_labels, mesh):
+  def __init__(self, config, model, test_images, test_labels, mesh):
     n = config.eval.periodic_n_examples
     self._images, self._labels = test_images[:n], test_labels[:n]
-    self._evaluator = evaluate.from_config(apply_fn, mesh, config,
+    self._evaluator = evaluate.from_config(model, mesh, config,
                                            steps=config.eval.periodic_pgd_steps,
                                            restarts=config.eval.periodic_pgd_restarts)
     self._rng = jax.random.key(config.seed + 1)
@@ -95,18 +121,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  checkpoint.write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
   mesh = parallel.make_mesh()
-  local_batch = parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size',
-                                           mesh)
+  parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size', mesh)
 
-  train_images, train_labels = data.load_split(config.data, 'train', jax.process_index(),
-                                               jax.process_count())
+  train_images, train_labels = data.load_split(config.data, 'train', 0, 1)
   if config.data.num_train_examples:
-    per_process = config.data.num_train_examples // jax.process_count()
-    train_images, train_labels = train_images[:per_process], train_labels[:per_process]
+    train_images = train_images[:config.data.num_train_examples]
+    train_labels = train_labels[:config.data.num_train_examples]
   test_images, test_labels = data.load_split(config.data, 'test', 0, 1)
-  stream = data.TrainStream(train_images, train_labels, local_batch, config.seed)
+  stream = data.TrainStream(train_images, train_labels, config.optim.batch_size, config.seed,
+                            jax.process_index(), jax.process_count())
   steps_per_epoch = stream.steps_per_epoch
   total_steps = config.optim.epochs * steps_per_epoch
 
@@ -114,21 +138,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
   tx = state_lib.make_optimizer(config.optim, schedule)
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.device_put(state_lib.init_state(model, tx, init_rng, train_images.shape[1:]),
+  image_shape = train_images.shape[1:]
+  state = jax.device_put(state_lib.init_state(model, tx, init_rng, image_shape,
+                                              state_lib.init_carry(config, image_shape)),
                          parallel.replicated(mesh))
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
-                                       config.train.checkpoints_to_keep)
+                                       config.train.checkpoints_to_keep,
+                                       remove_interrupted_saves=True)
   progress = {'history': [], 'train_seconds': 0.0}
-  restored = checkpoints.restore(jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  restored = checkpoints.restore(checkpoint.abstract_like(state), delete_damaged=True)
   if restored is not None:
     state, progress = restored
     logging.info('Resumed from step %d of %d.', int(state.step), total_steps)
+  # Written once the checkpoints are known to match, so config.json keeps describing them.
+  checkpoint.write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
 
   train_step = jit_train_step(
       make_train_step(model.apply, methods.METHODS[config.method.name].loss, tx, schedule,
                       config), state, mesh)
-  periodic_eval = _PeriodicEval(config, model.apply, test_images, test_labels, mesh)
+  replays = minibatch_replays(config)
+  periodic_eval = _PeriodicEval(config, model, test_images, test_labels, mesh)
+  monitor = overfitting.CollapseMonitor(config, model, mesh, train_images, train_labels,
+                                        workdir, progress)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every_steps)
@@ -139,8 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                steps_per_epoch, config.optim.batch_size, jax.device_count())
   pending, pending_start = [], first_step
   segment_start = time.perf_counter()
-  for step in range(first_step, total_steps):
-    state, metrics = train_step(state, parallel.global_batch(stream.batch(step), mesh), rng)
+  for step in range(first_step, first_step if monitor.stopped else total_steps):
+    batch = parallel.global_batch(stream.batch(step // replays), mesh)
+    state, metrics = train_step(state, batch, rng)
     pending.append(metrics)
     done = step + 1
     report_progress(done)
@@ -148,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (done % config.train.log_every_steps == 0 or epoch_end
         or done % config.train.checkpoint_every_steps == 0 or done == total_steps):
       fetched = jax.device_get(pending)
-      _check_finite(fetched, pending_start, checkpoints.latest_step(), workdir)
+      _check_finite(fetched, pending_start, checkpoints, workdir)
       writer.write_scalars(done, {f'train/{k}': float(np.mean([m[k] for m in fetched]))
                                   for k in fetched[0]})
       pending, pending_start = [], done
@@ -164,14 +196,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(done, {'eval/clean_accuracy': result['clean_accuracy'],
                                     'eval/pgd_accuracy': result['pgd_accuracy']})
       progress['history'].append(record)
+      state = monitor.after_epoch(state, epoch, done, progress)
       logging.info('Epoch %d/%d: %s', epoch, config.optim.epochs,
                    {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
       segment_start = time.perf_counter()
-    checkpoints.save(done, state, progress, force=done == total_steps)
+    checkpoints.save(done, state, progress, force=done == total_steps or monitor.stopped)
+    if monitor.stopped:
+      break
   checkpoints.close()
   writer.flush()
 
-  final = evaluate.from_config(model.apply, mesh, config, steps=config.eval.pgd_steps,
+  final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd_steps,
                                restarts=config.eval.pgd_restarts)
   n = config.eval.n_examples or len(test_labels)
   final_result = final(state.variables(), test_images[:n],
@@ -186,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'batch_size': config.optim.batch_size, 'devices': jax.device_count(),
       'train_seconds': progress['train_seconds'],
       'images_per_second': images_seen / max(progress['train_seconds'], 1e-9),
-      'final': final_result, 'history': progress['history'],
+      'final': final_result, 'history': progress['history'], **monitor.results(),
   }
   checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
   logging.info('Final: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',

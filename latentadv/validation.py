@@ -5,6 +5,7 @@ import ml_collections
 from latentadv import data
 from latentadv import methods
 from latentadv import models
+from latentadv.attacks import SUITES
 
 
 class ConfigError(ValueError):
@@ -28,11 +29,13 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'data.name', data.DATASETS)
   _one_of(config, 'data.source', ('tfds', 'local'))
   _one_of(config, 'model.name', models.MODELS)
+  _one_of(config, 'model.dtype', models.DTYPES)
   _one_of(config, 'method.name', methods.METHODS)
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
   _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
   _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
+  _one_of(config, 'eval.suite', SUITES)
   if config.data.source == 'local':
     _require(bool(config.data.dir), 'data.dir', config.data.dir,
              'a directory with the dataset files when data.source is "local"')
@@ -42,7 +45,9 @@ def validate(config: ml_collections.ConfigDict):
   _require(config.data.num_train_examples >= 0, 'data.num_train_examples',
            config.data.num_train_examples, 'an integer >= 0 (0 = all)')
   for key in ('optim.batch_size', 'optim.epochs', 'eval.batch_size', 'eval.pgd_steps',
-              'eval.pgd_restarts', 'eval.periodic_pgd_steps', 'eval.periodic_pgd_restarts',
+              'eval.pgd_restarts', 'eval.apgd_steps', 'eval.apgd_restarts',
+              'eval.apgd_targets', 'eval.square_queries', 'eval.periodic_pgd_steps',
+              'eval.periodic_pgd_restarts',
               'eval.periodic_n_examples', 'train.log_every_steps',
               'train.checkpoint_every_steps', 'train.checkpoints_to_keep'):
     section, name = key.split('.')
@@ -55,9 +60,44 @@ def validate(config: ml_collections.ConfigDict):
            'a number >= 0')
   _require(0 < config.optim.cyclic_peak < 1, 'optim.cyclic_peak', config.optim.cyclic_peak,
            'a fraction in (0, 1)')
+  _require(0 < config.eval.square_p_init <= 1, 'eval.square_p_init', config.eval.square_p_init,
+           'a fraction in (0, 1]')
   _require(config.eval.n_examples >= 0, 'eval.n_examples', config.eval.n_examples,
            'an integer >= 0 (0 = the whole test set)')
+  _validate_soft_quant(config)
+  _validate_collapse_monitor(config.train)
+  quantile = config.method.eae.quantile
+  _require(0 <= quantile <= 1, 'method.eae.quantile', quantile, 'a fraction in [0, 1]')
+  replays = config.method.free.replays
+  _require(isinstance(replays, int) and replays >= 1, 'method.free.replays', replays,
+           'an integer >= 1 (1 = no replay)')
   name = config.method.name
   for key, value in config.method[name].items():
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       _require(value >= 0, f'method.{name}.{key}', value, 'a number >= 0')
+
+
+def _validate_soft_quant(config: ml_collections.ConfigDict):
+  """The soft-quantisation layer's keys, and the quantiser that method soft_quant needs."""
+  levels = config.model.soft_quant.levels
+  _require(isinstance(levels, int) and levels >= 0, 'model.soft_quant.levels', levels,
+           'an integer >= 0 (0 = no quantiser)')
+  _require(config.model.soft_quant.temperature > 0, 'model.soft_quant.temperature',
+           config.model.soft_quant.temperature, 'a number > 0 (pixel units)')
+  _one_of(config, 'method.soft_quant.noise', methods.soft_quant.NOISES)
+  if config.method.name == 'soft_quant':
+    _require(levels > 0, 'model.soft_quant.levels', levels,
+             'levels > 0 with method soft_quant, which trains the soft-quantised model: set '
+             'config.model.soft_quant.levels (e.g. --config.model.soft_quant.levels=2)')
+
+
+def _validate_collapse_monitor(train: ml_collections.ConfigDict):
+  """The catastrophic-overfitting monitor's keys (latentadv/overfitting.py)."""
+  examples = train.co_monitor_examples
+  _require(isinstance(examples, int) and examples >= 0, 'train.co_monitor_examples', examples,
+           'an integer >= 0 (0 = monitor off)')
+  _require(0 < train.co_drop <= 1, 'train.co_drop', train.co_drop,
+           'an accuracy drop in (0, 1]')
+  _require(not train.co_stop or examples > 0, 'train.co_stop', train.co_stop,
+           'False while train.co_monitor_examples is 0, or set train.co_monitor_examples > 0 '
+           '(e.g. 512) to monitor')

@@ -3,14 +3,13 @@
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
+from conftest import MLP, train_classifier
 from latentadv import data
 from latentadv.attacks import apgd
 from latentadv.attacks import losses
@@ -21,38 +20,14 @@ EPS = 0.06  # Small enough that PGD leaves an undefended MNIST MLP partly robust
 STEPS = 5  # Few enough that PGD-5 and APGD-5 differ on that MLP.
 
 
-class _MLP(nn.Module):
-  """784-64-10 MLP on (B, 28, 28, 1) images -> (B, 10) logits."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
-
-
 @pytest.fixture(scope='module')
 def mnist(data_root):
   """Returns (logits_fn, x, y): an MLP trained for 60 Adam steps, 256 MNIST test points."""
   config = ml_collections.ConfigDict(
       dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
   images, labels = data.load_split(config, 'train')
-  steps, batch = 60, 128
-  images = images[:steps * batch].reshape(steps, batch, 28, 28, 1)
-  labels = labels[:steps * batch].reshape(steps, batch)
-  model, tx = _MLP(), optax.adam(3e-3)
-
-  @jax.jit
-  def train(params):
-    def step(carry, batch):
-      params, opt_state = carry
-      grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-          model.apply(p, batch[0]), batch[1]).mean())(params)
-      updates, opt_state = tx.update(grads, opt_state)
-      return (optax.apply_updates(params, updates), opt_state), None
-
-    return jax.lax.scan(step, (params, tx.init(params)), (images, labels))[0][0]
-
-  params = train(model.init(jax.random.key(0), images[0]))
+  model = MLP()
+  params = train_classifier(model, images, labels)
   x, y = data.load_split(config, 'test')
   return jax.jit(functools.partial(model.apply, params)), jnp.asarray(x[:256]), y[:256]
 

@@ -22,7 +22,7 @@ from latentadv import state as state_lib
 from latentadv import train
 from latentadv import validation
 
-from conftest import DATA_ROOT, REPO_ROOT
+from conftest import DATA_ROOT, REPO_ROOT, set_key
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py')))
 
@@ -54,11 +54,7 @@ def test_every_config_file_and_preset_is_valid(path, preset):
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
   config = default.get_config()
-  section, name = key.rsplit('.', 1)
-  node = config
-  for part in section.split('.'):
-    node = node[part]
-  node[name] = value
+  set_key(config, key, value)
   with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
     validation.validate(config)
 
@@ -181,7 +177,8 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   assert results['steps'] == results['epochs'] * (512 // 64)
   assert results['train_seconds'] > 0 and results['images_per_second'] > 0
   final = results['final']
-  assert final['n_examples'] == 256 and final['steps'] == 5 and final['restarts'] == 2
+  assert final['n_examples'] == 256
+  assert final['attacks']['pgd']['steps'] == 5 and final['attacks']['pgd']['restarts'] == 2
   assert 0.0 <= final['pgd_accuracy'] <= final['clean_accuracy'] <= 1.0
   # 16 steps from a zero learning rate: well above chance (0.1) but far from trained.
   assert final['clean_accuracy'] > 0.3
@@ -196,14 +193,34 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   predictions = np.asarray(logits_fn(images[:256])).argmax(-1)
   assert np.mean(predictions == labels[:256]) == pytest.approx(final['clean_accuracy'])
 
-  # The evaluator command re-evaluates the checkpoint with overridden settings.
+  # The evaluator command re-evaluates the checkpoint with another suite and settings.
   result = subprocess.run(
       [sys.executable, '-m', 'latentadv.evaluate', f'--workdir={workdir}',
-       '--config.eval.n_examples=128', '--config.eval.pgd_restarts=1'],
+       '--config.eval.n_examples=128', '--config.eval.suite=autoattack',
+       '--config.eval.apgd_steps=5', '--config.eval.apgd_targets=2',
+       '--config.eval.square_queries=20'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(os.path.join(workdir, 'eval_pgd.json')) as f:
+  with open(os.path.join(workdir, 'eval_autoattack.json')) as f:
     evaluation = json.load(f)
-  assert evaluation['n_examples'] == 128 and evaluation['restarts'] == 1
+  assert evaluation['n_examples'] == 128 and evaluation['attacks']['apgd-t']['targets'] == 2
   assert evaluation['clean_accuracy'] == pytest.approx(np.mean(predictions[:128] ==
                                                                labels[:128]))
+  assert (evaluation['clean_accuracy'] >= evaluation['apgd-ce_accuracy']
+          >= evaluation['apgd-t_accuracy'] >= evaluation['square_accuracy']
+          == evaluation['robust_accuracy'])
+  examples = np.load(os.path.join(workdir, 'eval_autoattack.npz'))
+  assert examples['robust'].mean() == pytest.approx(evaluation['robust_accuracy'])
+  np.testing.assert_array_equal(examples['label'], labels[:128])
+
+  # Robust accuracy versus eps, plotted.
+  plot = os.path.join(workdir, 'eps_curve.png')
+  result = subprocess.run(
+      [sys.executable, '-m', 'latentadv.eps_curve', f'--workdirs={workdir}', '--eps=0.05,0.1',
+       '--n_examples=64', '--config.eval.pgd_restarts=1', f'--output={plot}'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eps_curve.json')) as f:
+    curve = json.load(f)['curves'][workdir]
+  assert len(curve['pgd']) == 2 and max(curve['pgd']) <= curve['clean_accuracy']
+  assert os.path.getsize(plot) > 1000

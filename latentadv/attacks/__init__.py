@@ -1,1 +1,14 @@
-"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, square)."""
+"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, square).
+
+SUITES names the evaluator's attack suites and the attacks each runs, in order (see
+latentadv/evaluate.py).
+"""
+
+SUITES = {
+    'pgd': ('pgd',),
+    'apgd-ce': ('apgd-ce',),
+    'apgd-t': ('apgd-t',),
+    'square': ('square',),
+    'bpda': ('bpda',),
+    'autoattack': ('apgd-ce', 'apgd-t', 'square'),
+}

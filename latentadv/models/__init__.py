@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from latentadv.models.mnist_cnn import MnistCNN
 from latentadv.models.preact_resnet import PreActResNet18
+from latentadv.models.soft_quant import SoftQuantized, has_quantiser, straight_through
 from latentadv.models.taps import COLLECTION
 from latentadv.models.wide_resnet import WideResNet
 
@@ -25,14 +26,20 @@ MODEL_DEFAULTS = {
     'wide_resnet': {'depth': 28, 'widen_factor': 10, 'dropout': 0.3},
 }
 
-_COMMON_FIELDS = ('parent', 'name', 'num_classes', 'mean', 'std')
+_COMMON_FIELDS = ('parent', 'name', 'num_classes', 'mean', 'std', 'dtype')
+# Compute dtypes of a model (config.model.dtype); 'bfloat16' is for accelerators.
+DTYPES = ('float32', 'bfloat16')
 
 
 def create_model(name: str, options: Mapping, *, num_classes: int, mean: Sequence[float],
-                 std: Sequence[float]) -> nn.Module:
+                 std: Sequence[float], soft_quant: Mapping | None = None,
+                 dtype: str = 'float32') -> nn.Module:
   """Returns the registered model `name` with model-specific `options` (e.g. {'width': 64}).
 
   mean and std are per-channel (C,) sequences; the model normalises its [0, 1] input with them.
+  `soft_quant` ({'levels', 'temperature', 'learnable'}, as config.model.soft_quant) puts a
+  soft-quantisation layer before the model when levels > 0 (models/soft_quant.py).
+  `dtype` (one of DTYPES) is the compute dtype; params and outputs stay float32.
   Raises ValueError for an unknown name or option, listing the valid ones.
   """
   if name not in MODELS:
@@ -42,7 +49,11 @@ def create_model(name: str, options: Mapping, *, num_classes: int, mean: Sequenc
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f'Unknown options {unknown} for model {name!r}; valid options: {valid}.')
-  return cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), **options)
+  model = cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), dtype=jnp.dtype(dtype),
+              **options)
+  if soft_quant and soft_quant['levels'] > 0:
+    return SoftQuantized(model, **soft_quant)
+  return model
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int]) -> dict:

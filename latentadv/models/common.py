@@ -1,4 +1,9 @@
-"""Pieces every classifier shares: input normalisation and the linear readout."""
+"""Pieces every classifier shares: input normalisation, the linear readout, compute dtypes.
+
+Mixed precision: a model's `dtype` ('float32' or 'bfloat16') is the compute dtype of its Conv,
+Dense and BatchNorm layers; their params stay float32 (`param_dtype`), BatchNorm statistics are
+reduced and kept in float32, and `readout` returns float32 features and logits.
+"""
 
 from collections.abc import Sequence
 
@@ -31,10 +36,11 @@ def readout(features: jax.Array, num_classes: int, output: str, **dense_options)
 
   Must be called inside a compact `__call__`: the head is created there as `nn.Dense` named
   'head', so params['head'] holds its kernel (D, num_classes) and bias (num_classes,).
-  `dense_options` (e.g. initialisers) are passed to that nn.Dense.
+  `dense_options` (e.g. initialisers, the compute dtype) are passed to that nn.Dense. Either
+  output is float32, whatever the compute dtype.
   """
   if output not in OUTPUTS:
     raise ValueError(f'output must be one of {OUTPUTS}, got {output!r}.')
   if output == 'features':
-    return features
-  return nn.Dense(num_classes, name='head', **dense_options)(features)
+    return features.astype(jnp.float32)
+  return nn.Dense(num_classes, name='head', **dense_options)(features).astype(jnp.float32)

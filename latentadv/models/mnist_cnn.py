@@ -1,7 +1,10 @@
 """The small MNIST CNN of Wong et al. (2020), "Fast is better than free"."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from latentadv.models.common import normalize, readout, torch_bias_init, torch_kernel_init
 from latentadv.models.taps import tap
@@ -17,11 +20,13 @@ class MnistCNN(nn.Module):
   `normalize=False` it reads raw [0, 1] pixels like the reference, otherwise (x - mean) / std.
   Both matter on MNIST at eps 0.3: with Flax's default init and normalised input, FGSM-RS
   overfits catastrophically where the reference does not (README, Results).
+  `dtype` is the compute dtype (models/common.py); params and outputs are float32.
   """
   num_classes: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   normalize: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, output: str = 'logits') -> jax.Array:
@@ -31,15 +36,15 @@ class MnistCNN(nn.Module):
     """
     del train
     h = normalize(x, self.mean, self.std) if self.normalize else x
-    h = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1',
+    h = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1', dtype=self.dtype,
                         **_torch_init(4 * 4 * x.shape[-1]))(h))
     h = tap(self, 'stem', h)
-    h = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2',
+    h = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2', dtype=self.dtype,
                         **_torch_init(4 * 4 * 16))(h))
     h = tap(self, 'stage1', h)
     h = h.reshape((h.shape[0], -1))
-    h = nn.relu(nn.Dense(100, name='fc', **_torch_init(h.shape[-1]))(h))
-    return readout(h, self.num_classes, output, **_torch_init(100))
+    h = nn.relu(nn.Dense(100, name='fc', dtype=self.dtype, **_torch_init(h.shape[-1]))(h))
+    return readout(h, self.num_classes, output, dtype=self.dtype, **_torch_init(100))
 
 
 def _torch_init(fan_in: int) -> dict:

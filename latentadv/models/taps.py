@@ -6,6 +6,9 @@ per-channel value range of the feature map (the SLAT domain clip). The clip is w
 strict inequalities so that at a zero perturbation the tap's derivative with respect to both
 the feature and the perturbation is exactly the identity: gradients read at delta = 0 are the
 plain feature gradients, from the same backward pass as the input gradient.
+
+Perturbations are float32 whatever the model's compute dtype: a perturbed tap adds and clips
+in float32 (a bfloat16 feature map is upcast; the next layer casts back to its dtype).
 """
 
 import flax.linen as nn
@@ -18,14 +21,16 @@ COLLECTION = 'perturbations'
 def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
   """Returns `h` (B, ..., C) plus the perturbation `name`, clipped to h's per-channel range.
 
-  During `init` (all collections mutable) a zero perturbation of h's shape is created so that
-  `jax.eval_shape` of an `apply(..., mutable=[COLLECTION])` reports every tap's shape.
+  During `init` (all collections mutable) a float32 zero perturbation of h's shape is created
+  so that `jax.eval_shape` of an `apply(..., mutable=[COLLECTION])` reports every tap's shape.
+  A perturbed tap returns float32; an unperturbed one returns h unchanged.
   """
   if module.is_mutable_collection(COLLECTION):
-    module.variable(COLLECTION, name, jnp.zeros_like, h)
+    module.variable(COLLECTION, name, jnp.zeros, h.shape, jnp.float32)
   if not module.has_variable(COLLECTION, name):
     return h
   delta = module.get_variable(COLLECTION, name)
+  h = h.astype(jnp.float32)
   moved = h + delta
   spatial_axes = tuple(range(1, h.ndim - 1))
   if not spatial_axes:

@@ -1,0 +1,86 @@
+"""Plots of a suite's results (benchmarks/results/<suite>.json, written by suite.py).
+
+  python benchmarks/plots.py benchmarks/results/mnist_suite.json
+
+Writes next to the JSON:
+  <suite>_robust_vs_time.png  AutoAttack-style robust accuracy vs training time, one point per
+                              run, a colour per method (and a marker per eps).
+  <suite>_pgd_per_epoch.png   PGD accuracy on the periodic evaluation subset after each epoch,
+                              one line per run: catastrophic overfitting shows as a collapse.
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _colours(runs: list[dict]) -> dict[str, str]:
+  """A matplotlib colour per method, in order of first appearance."""
+  methods = list(dict.fromkeys(run['method'] for run in runs))
+  return {method: f'C{i % 10}' for i, method in enumerate(methods)}
+
+
+def robust_vs_time(runs: list[dict], path: str):
+  """Scatter of AutoAttack-style robust accuracy (%) against training seconds."""
+  colours = _colours(runs)
+  markers = {eps: marker for eps, marker in zip(sorted({r['eps'] for r in runs}), 'os^D')}
+  figure, axes = plt.subplots(figsize=(6.5, 4.5))
+  labelled = set()
+  for run in runs:
+    label = f'{run["method"]} (eps {run["eps"]:.3g})'
+    axes.scatter(run['train_seconds'], 100 * run['autoattack'], color=colours[run['method']],
+                 marker=markers[run['eps']], label=None if label in labelled else label)
+    labelled.add(label)
+  axes.set_xscale('log')
+  axes.set_xlabel('training time (s, log scale)')
+  axes.set_ylabel('AutoAttack-style robust accuracy (%)')
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=7, ncol=2)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def pgd_per_epoch(runs: list[dict], path: str):
+  """Lines of the periodic PGD accuracy (%) against the epoch, one per run."""
+  colours = _colours(runs)
+  eps_values = sorted({r['eps'] for r in runs})
+  figure, panels = plt.subplots(1, len(eps_values), figsize=(6 * len(eps_values), 4.5),
+                                squeeze=False)
+  for axes, eps in zip(panels[0], eps_values):
+    labelled = set()
+    for run in (r for r in runs if r['eps'] == eps):
+      history = [h for h in run['history'] if 'pgd_accuracy' in h]
+      axes.plot([h['epoch'] for h in history], [100 * h['pgd_accuracy'] for h in history],
+                color=colours[run['method']], marker='.',
+                label=None if run['method'] in labelled else run['method'])
+      labelled.add(run['method'])
+    axes.set_title(f'eps {eps:.4g}')
+    axes.set_xlabel('epoch')
+    axes.set_ylabel('PGD accuracy, periodic subset (%)')
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def main(path: str):
+  """Writes both plots for the suite results at `path`."""
+  with open(path) as f:
+    runs = json.load(f)['runs']
+  stem = os.path.splitext(path)[0]
+  robust_vs_time(runs, f'{stem}_robust_vs_time.png')
+  pgd_per_epoch(runs, f'{stem}_pgd_per_epoch.png')
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    sys.exit(__doc__)
+  main(sys.argv[1])

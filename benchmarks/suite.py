@@ -1,0 +1,152 @@
+"""Train every method of a benchmark with the same budget and seeds, evaluate, tabulate.
+
+The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it runs
+  python -m latentadv.main --config=configs/<dataset>_<method>.py[:preset] --workdir=ROOT/<run>
+(its final evaluation is the config's PGD, e.g. PGD-50-10, on --pgd_examples test images), then
+  python -m latentadv.evaluate --workdir=ROOT/<run> --config.eval.suite=autoattack
+on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
+an interrupted suite continues where it stopped. It then writes OUTPUT.json (every run and the
+per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD, AutoAttack-style
+worst case, train time and train time relative to `standard`; mean +- std over seeds).
+Training times come from runs that may share the machine with other work: the ratios in
+benchmarks/step_cost.py are the fair cost comparison.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from absl import flags
+from absl import logging
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('methods', None, 'Methods to run (default: the suite\'s list).')
+flags.DEFINE_list('seeds', ['0', '1'], 'Training seeds.')
+flags.DEFINE_string('preset', '', 'Config preset (e.g. "cpu").')
+flags.DEFINE_list('eps', None, 'Training and evaluation radii (default: the suite\'s).')
+flags.DEFINE_string('data_dir', '', 'Canonical data files ("" = tfds).')
+flags.DEFINE_string('root', None, 'Directory for the runs (default: runs/<suite>).')
+flags.DEFINE_integer('pgd_examples', None, 'Final PGD evaluation on the first n test images '
+                     '(0 = all; default: the config\'s).')
+flags.DEFINE_integer('autoattack_examples', 1000, 'AutoAttack-style suite on the first n.')
+flags.DEFINE_string('output', None, 'Output path without extension (default: '
+                    'benchmarks/results/<suite>).')
+flags.DEFINE_list('overrides', [], 'Extra --config.* overrides for every run, e.g. '
+                  'optim.epochs=5.')
+
+
+def _run(command: list[str], log_path: str):
+  """Runs `command` in the repo root, appending its output to log_path; raises on failure."""
+  logging.info('%s', ' '.join(command))
+  with open(log_path, 'a') as log:
+    result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed (exit {result.returncode}); see {log_path}.')
+
+
+def run_one(dataset: str, method: str, seed: int, eps: float, workdir: str):
+  """Trains and evaluates one (method, seed, eps) into workdir unless already done."""
+  os.makedirs(workdir, exist_ok=True)
+  log_path = os.path.join(workdir, 'log.txt')
+  data_flags = (['--config.data.source=local', f'--config.data.dir={FLAGS.data_dir}']
+                if FLAGS.data_dir else [])
+  config = f'configs/{dataset}_{method}.py' + (f':{FLAGS.preset}' if FLAGS.preset else '')
+  if not os.path.exists(os.path.join(workdir, 'results.json')):
+    _run([sys.executable, '-m', 'latentadv.main', f'--config={config}', f'--workdir={workdir}',
+          f'--config.seed={seed}', f'--config.method.eps={eps}',
+          *([f'--config.eval.n_examples={FLAGS.pgd_examples}']
+            if FLAGS.pgd_examples is not None else []), *data_flags,
+          *[f'--config.{o}' for o in FLAGS.overrides]], log_path)
+  if not os.path.exists(os.path.join(workdir, 'eval_autoattack.json')):
+    _run([sys.executable, '-m', 'latentadv.evaluate', f'--workdir={workdir}',
+          '--config.eval.suite=autoattack',
+          f'--config.eval.n_examples={FLAGS.autoattack_examples}', *data_flags], log_path)
+
+
+def _load(workdir: str) -> dict:
+  """One run's summary from its results.json and eval_autoattack.json."""
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, 'eval_autoattack.json')) as f:
+    autoattack = json.load(f)
+  return {
+      'workdir': os.path.relpath(workdir, REPO_ROOT), 'method': results['method'],
+      'eps': results['eps'], 'train_seconds': results['train_seconds'],
+      'clean': results['final']['clean_accuracy'], 'pgd': results['final']['pgd_accuracy'],
+      'pgd_examples': results['final']['n_examples'],
+      'pgd_attack': 'PGD-{steps}-{restarts}'.format(**results['final']['attacks']['pgd']),
+      'autoattack_clean': autoattack['clean_accuracy'],
+      'autoattack': autoattack['robust_accuracy'],
+      'autoattack_per_attack': {k: v for k, v in autoattack.items()
+                                if k.endswith('_accuracy') and k != 'robust_accuracy'},
+      'autoattack_examples': autoattack['n_examples'],
+      'autoattack_seconds': autoattack['seconds'],
+      'history': results['history'],
+  }
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+  """Per (method, eps): mean and std over seeds of clean, pgd, autoattack, train_seconds."""
+  groups = {}
+  for run in runs:
+    groups.setdefault((run['method'], run['eps']), []).append(run)
+  rows = []
+  for (method, eps), group in groups.items():
+    row = {'method': method, 'eps': eps, 'seeds': len(group), 'pgd_attack': group[0]['pgd_attack'],
+           'pgd_examples': group[0]['pgd_examples'],
+           'autoattack_examples': group[0]['autoattack_examples']}
+    for key in ('clean', 'pgd', 'autoattack', 'train_seconds'):
+      values = np.array([run[key] for run in group])
+      row[key] = float(values.mean())
+      row[f'{key}_std'] = float(values.std())
+    rows.append(row)
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  """Markdown table of `summarise` rows; time relative to `standard` at the same eps."""
+  standard = {row['eps']: row['train_seconds'] for row in rows if row['method'] == 'standard'}
+  lines = ['| method | eps | seeds | clean | PGD (attack, n) | AutoAttack-style (n) | train s | '
+           'x standard |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for row in rows:
+    relative = (f'{row["train_seconds"] / standard[row["eps"]]:.2f}'
+                if row['eps'] in standard else '-')
+    clean, pgd, autoattack = (f'{100 * row[k]:.2f} +- {100 * row[k + "_std"]:.2f}'
+                              for k in ('clean', 'pgd', 'autoattack'))
+    cells = [clean, f'{pgd} ({row["pgd_attack"]}, {row["pgd_examples"]})',
+             f'{autoattack} ({row["autoattack_examples"]})']
+    lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
+                 f'{" | ".join(cells)} | {row["train_seconds"]:.0f} | {relative} |')
+  return '\n'.join(lines)
+
+
+def run_suite(suite: str, dataset: str, default_methods: list[str],
+              default_eps: list[float]):
+  """Runs the suite per the flags (defaults: `default_methods`, `default_eps`) and writes
+  its JSON and markdown outputs."""
+  methods = FLAGS.methods or default_methods
+  eps_values = [float(e) for e in FLAGS.eps] if FLAGS.eps else default_eps
+  root = FLAGS.root or os.path.join(REPO_ROOT, 'runs', suite)
+  output = FLAGS.output or os.path.join(REPO_ROOT, 'benchmarks', 'results', suite)
+  runs = []
+  for eps in eps_values:
+    for method in methods:
+      for seed in FLAGS.seeds:
+        workdir = os.path.join(root, f'{method}_eps{eps:.4g}_seed{seed}')
+        run_one(dataset, method, int(seed), eps, workdir)
+        runs.append(_load(workdir))
+  rows = summarise(runs)
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  settings = {'suite': suite, 'dataset': dataset, 'preset': FLAGS.preset,
+              'seeds': FLAGS.seeds, 'overrides': FLAGS.overrides,
+              'pgd_examples': FLAGS.pgd_examples,
+              'autoattack_examples': FLAGS.autoattack_examples}
+  with open(output + '.json', 'w') as f:
+    json.dump({'settings': settings, 'summary': rows, 'runs': runs}, f, indent=1)
+  with open(output + '.md', 'w') as f:
+    f.write(table(rows) + '\n')
+  print(table(rows))

@@ -1,0 +1,109 @@
+"""Robust accuracy versus eps for one or more trained runs: a JSON record and a PNG plot.
+
+  python -m latentadv.eps_curve --workdirs=runs/mnist_slat,runs/mnist_fgsm_rs \
+      --eps=0.1,0.2,0.3 --suites=pgd,square --n_examples=1000 --output=eps_curve.png
+
+Every (workdir, suite, eps) is an evaluation of the workdir's latest checkpoint on its first
+n_examples test images with evaluate.py's suite (settings from the workdir's config.eval,
+overridable: --config.eval.pgd_restarts=2). Writes the plot to --output and the numbers
+next to it (same name, .json).
+"""
+
+import json
+import os
+
+import jax
+import matplotlib
+import ml_collections
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from latentadv import checkpoint
+from latentadv import data
+from latentadv import evaluate
+from latentadv import models
+from latentadv import parallel
+from latentadv import state as state_lib
+
+matplotlib.use('Agg')
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
+          eps_values: list[float]) -> dict:
+  """{'clean_accuracy': float, suite: [robust accuracy at each eps]} of one workdir.
+
+  Evaluates the first config.eval.n_examples test examples (0 = all).
+  """
+  model, variables = state_lib.restore_variables(workdir, config)
+  images, labels = data.load_split(config.data, 'test', 0, 1)
+  n = config.eval.n_examples or len(labels)
+  mesh = parallel.make_mesh()
+  result = {}
+  for suite in suites:
+    result[suite] = []
+    for eps in eps_values:
+      attacks = evaluate.suite_attacks(suite, config.eval, eps,
+                                       has_quantiser=models.has_quantiser(model))
+      evaluator = evaluate.Evaluator(
+          model.apply, mesh, attacks, eps=eps, batch_size=config.eval.batch_size,
+          surrogate_apply_fn=models.straight_through(model).apply)
+      record = evaluator(variables, images[:n], labels[:n], jax.random.key(config.seed + 2))
+      result['clean_accuracy'] = record['clean_accuracy']
+      result[suite].append(record['robust_accuracy'])
+      logging.info('%s %s eps %.4g: %.4f', workdir, suite, eps, record['robust_accuracy'])
+  return result
+
+
+def plot(curves: dict, eps_values: list[float], path: str):
+  """Saves a PNG: robust accuracy (%) vs eps, a colour per workdir, a line style per suite."""
+  figure, axes = plt.subplots(figsize=(6, 4))
+  styles = ['-', '--', ':', '-.']
+  for colour, (workdir, result) in enumerate(curves.items()):
+    suites = [key for key in result if key != 'clean_accuracy']
+    for i, suite in enumerate(suites):
+      axes.plot([0.0, *eps_values], [100 * result['clean_accuracy'],
+                                     *[100 * a for a in result[suite]]],
+                styles[i % len(styles)], marker='o', color=f'C{colour}',
+                label=f'{os.path.basename(os.path.normpath(workdir))} ({suite})')
+  axes.set_xlabel('eps (L-inf, pixel units)')
+  axes.set_ylabel('robust accuracy (%)')
+  axes.set_ylim(0, 100)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def _main(argv):
+  del argv
+  eps_values = [float(e) for e in FLAGS.eps]
+  overrides = config_flags.get_override_values(FLAGS['config'])
+  overrides['eval.n_examples'] = FLAGS.n_examples
+  curves = {}
+  for workdir in FLAGS.workdirs:
+    config = evaluate.workdir_config(workdir, default.get_config(), overrides)
+    curves[workdir] = curve(workdir, config, FLAGS.suites, eps_values)
+  if jax.process_index() == 0:
+    checkpoint.write_json_atomically(os.path.splitext(FLAGS.output)[0] + '.json',
+                                     {'eps': eps_values, 'n_examples': FLAGS.n_examples,
+                                      'curves': curves})
+    plot(curves, eps_values, FLAGS.output)
+  logging.info('%s', json.dumps(curves, indent=2))
+
+
+if __name__ == '__main__':
+  from configs import default  # pylint: disable=g-import-not-at-top
+  FLAGS = flags.FLAGS
+  flags.DEFINE_list('workdirs', None, 'Training runs (directories with config.json).')
+  flags.DEFINE_list('eps', None, 'L-inf radii in pixel units, e.g. 0.1,0.2,0.3.')
+  flags.DEFINE_list('suites', ['pgd'], 'Attack suites of evaluate.py.')
+  flags.DEFINE_integer('n_examples', 1000, 'First n test examples (0 = all).')
+  flags.DEFINE_string('output', 'eps_curve.png', 'PNG path; the JSON goes next to it.')
+  flags.mark_flags_as_required(['workdirs', 'eps'])
+  config_flags.DEFINE_config_dict('config', default.get_config(),
+                                  'Overrides of the saved configs, e.g. --config.eval.pgd_steps=20.')
+  app.run(_main)

@@ -1,0 +1,128 @@
+"""Catastrophic-overfitting monitor: PGD accuracy on fixed training examples after each epoch.
+
+Single-step methods (FGSM, FGSM-RS) can lose all robustness to multi-step attacks within a few
+steps: catastrophic overfitting (Wong, Rice & Kolter 2020). With `train.co_monitor_examples`
+= n > 0, the monitor attacks the first n training examples after every epoch with the periodic
+PGD (`eval.periodic_pgd_steps`, `eval.periodic_pgd_restarts`, the same random starts every
+epoch). They are trained on as well: no data is held back, and the collapse shows on training
+examples as on test ones.
+
+A collapse is an epoch whose PGD accuracy is at least `train.co_drop` below the best so far;
+it is logged as a warning and recorded in results.json. With `train.co_stop`, every new best
+state is checkpointed in `<workdir>/checkpoints_best`, and at a collapse training stops and the
+best state is restored: it becomes the last checkpoint and is what the final evaluation uses.
+
+This differs from Wong et al.'s early stopping (their CIFAR-10 code), which attacks the first
+training minibatch of each epoch (a different one every epoch) and stops at a drop of more than
+0.2 from the previous epoch: fixed examples compare epochs without sampling noise, and the
+comparison with the best also catches a collapse spread over several epochs.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from latentadv import checkpoint
+from latentadv import evaluate
+
+_ROUNDING = 1e-9  # accuracies are fractions k / n; a drop of exactly co_drop counts
+
+
+def track(record: dict, epoch: int, step: int, pgd_accuracy: float,
+          drop: float) -> dict | None:
+  """Adds one epoch's PGD accuracy to the monitor `record`; returns the collapse it starts.
+
+  `record` (updated in place) holds 'best' ({'epoch', 'step', 'pgd_accuracy'} or None),
+  'collapsed' (whether the previous epoch was collapsed) and 'collapses' (a list). An epoch
+  is collapsed if its accuracy is at least `drop` below the best so far; only the first epoch
+  of a collapsed run is a new collapse. Ties with the best move the best to the later epoch.
+  """
+  best = record['best']
+  collapsed = best is not None and best['pgd_accuracy'] - pgd_accuracy >= drop - _ROUNDING
+  collapse = None
+  if collapsed and not record['collapsed']:
+    collapse = {'epoch': epoch, 'step': step, 'best_epoch': best['epoch'],
+                'pgd_accuracy_before': best['pgd_accuracy'],
+                'pgd_accuracy_after': pgd_accuracy}
+    record['collapses'].append(collapse)
+  if best is None or pgd_accuracy >= best['pgd_accuracy']:
+    record['best'] = {'epoch': epoch, 'step': step, 'pgd_accuracy': pgd_accuracy}
+  record['collapsed'] = collapsed
+  return collapse
+
+
+class CollapseMonitor:
+  """Runs the monitor after each epoch and keeps its record in `progress['co_monitor']`.
+
+  Off (every method a no-op) when `config.train.co_monitor_examples` is 0.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh,
+               train_images: np.ndarray, train_labels: np.ndarray, workdir: str,
+               progress: dict):
+    """train_images: (N, H, W, C) in [0, 1], train_labels: (N,), the same in every process.
+
+    `progress` is the checkpointed progress record; a resumed run continues its monitor.
+    """
+    n = config.train.co_monitor_examples
+    self.enabled = n > 0
+    if not self.enabled:
+      return
+    self._images, self._labels = train_images[:n], train_labels[:n]
+    self._evaluator = evaluate.from_config(model, mesh, config,
+                                           steps=config.eval.periodic_pgd_steps,
+                                           restarts=config.eval.periodic_pgd_restarts)
+    self._rng = jax.random.key(config.seed + 3)
+    self._drop = config.train.co_drop
+    self._stop = config.train.co_stop
+    self._best = checkpoint.Checkpoints(
+        workdir, every_steps=1, keep=1, subdir='checkpoints_best',
+        remove_interrupted_saves=True) if self._stop else None
+    self.record = progress.setdefault('co_monitor', {
+        'examples': len(self._labels), 'drop': self._drop, 'best': None, 'collapsed': False,
+        'collapses': [], 'stopped': False})
+
+  @property
+  def stopped(self) -> bool:
+    """True once a collapse has stopped training (`train.co_stop`)."""
+    return self.enabled and self.record['stopped']
+
+  def after_epoch(self, state, epoch: int, step: int, progress: dict):
+    """Attacks the monitored examples with `state`; returns the state to continue with.
+
+    Adds 'co_clean_accuracy' and 'co_pgd_accuracy' to the epoch's record (the last entry of
+    progress['history']). With `train.co_stop`, checkpoints a new best state, and at a
+    collapse marks the run stopped and returns the best state instead of `state`.
+    """
+    if not self.enabled:
+      return state
+    result = self._evaluator(state.variables(), self._images, self._labels, self._rng)
+    progress['history'][-1].update(co_clean_accuracy=result['clean_accuracy'],
+                                   co_pgd_accuracy=result['pgd_accuracy'])
+    collapse = track(self.record, epoch, step, result['pgd_accuracy'], self._drop)
+    if self._stop and self.record['best']['step'] == step:
+      if step not in self._best.all_steps():  # else a resumed run has recomputed this epoch
+        self._best.save(step, state, progress, force=True)
+        self._best.wait_until_finished()  # on disk before the run's checkpoint of this step
+    if collapse is None:
+      return state
+    logging.warning(
+        'Catastrophic overfitting at epoch %d: PGD accuracy on %d monitored training examples '
+        'fell from %.4f (epoch %d) to %.4f. %s', epoch, len(self._labels),
+        collapse['pgd_accuracy_before'], collapse['best_epoch'], collapse['pgd_accuracy_after'],
+        f'Stopping; restoring the state of epoch {collapse["best_epoch"]} (train.co_stop).'
+        if self._stop else 'Continuing (set config.train.co_stop=True to stop here).')
+    if not self._stop:
+      return state
+    self.record['stopped'] = True
+    restored = self._best.restore(checkpoint.abstract_like(state))
+    if restored is None:
+      raise checkpoint.CheckpointError(
+          f'No best checkpoint to restore at the collapse in epoch {epoch}: train.co_stop was '
+          'off at the best epoch. Fix: rerun from scratch in a new --workdir with co_stop on.')
+    return restored[0]
+
+  def results(self) -> dict:
+    """{'co_monitor': the record} for results.json, or {} when off."""
+    return {'co_monitor': self.record} if self.enabled else {}

@@ -1,0 +1,82 @@
+"""Multi-process training: the data each process reads, and a real 2-process run on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from latentadv import data
+from latentadv import evaluate
+from latentadv import parallel
+from latentadv import state as state_lib
+
+from conftest import DATA_ROOT, REPO_ROOT
+
+# One epoch of 8 steps (512 examples, global batch 64) and a small final evaluation.
+_RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=local',
+              f'--config.data.dir={os.path.join(DATA_ROOT, "mnist")}', '--config.optim.epochs=1',
+              '--config.train.eval_every_epochs=0', '--config.eval.n_examples=64',
+              '--config.eval.batch_size=64', '--config.eval.pgd_steps=1',
+              '--config.eval.pgd_restarts=1')
+
+
+@pytest.mark.parametrize('process_count', [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(process_count):
+  labels = np.arange(50, dtype=np.int32)
+  images = np.broadcast_to(labels[:, None, None, None], (50, 2, 2, 1)).astype(np.float32)
+  single = data.TrainStream(images, labels, batch_size=8, seed=3)
+  parts = [data.TrainStream(images, labels, batch_size=8, seed=3, process_index=p,
+                            process_count=process_count) for p in range(process_count)]
+  assert all(part.steps_per_epoch == single.steps_per_epoch == 6 for part in parts)
+  for step in (0, 5, 6, 13):  # Across an epoch boundary, and an epoch visited out of order.
+    pieces = [part.batch(step) for part in parts]
+    assert all(len(piece['label']) == 8 // process_count for piece in pieces)
+    chex.assert_trees_all_equal(
+        single.batch(step), jax.tree.map(lambda *x: np.concatenate(x), *pieces))
+
+
+def test_train_stream_rejects_a_batch_that_does_not_split_over_processes():
+  images, labels = np.zeros((50, 2, 2, 1), np.float32), np.zeros(50, np.int32)
+  with pytest.raises(ValueError, match='divisible by the number of processes'):
+    data.TrainStream(images, labels, batch_size=9, seed=0, process_index=0, process_count=2)
+
+
+def test_single_process_runs_do_not_start_the_distributed_runtime(monkeypatch):
+  for name in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  assert not parallel.initialize()
+  monkeypatch.setenv('SLURM_NTASKS', '1')
+  assert not parallel.initialize()
+
+
+def test_two_processes_train_the_same_parameters_as_one(tmp_path):
+  """2 processes x 2 CPU devices (launch/local_multiprocess.sh) vs 1 process x 4 devices."""
+  two, one = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
+  env = {**os.environ, 'PYTHON': sys.executable, 'DEVICES_PER_PROCESS': '2'}
+  launched = subprocess.Popen(
+      ['bash', os.path.join(REPO_ROOT, 'launch', 'local_multiprocess.sh'), '2', *_RUN_FLAGS,
+       f'--workdir={two}'], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  single = subprocess.run(
+      [sys.executable, '-m', 'latentadv.main', *_RUN_FLAGS, f'--workdir={one}'], cwd=REPO_ROOT,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4'},
+      capture_output=True, text=True, timeout=300)
+  _, launched_stderr = launched.communicate(timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert launched.returncode == 0, launched_stderr[-3000:]
+  assert launched_stderr.count('Training fgsm_rs on mnist') == 1  # Process 0 logs alone.
+
+  for workdir in (one, two):
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)
+    assert results['devices'] == 4 and results['steps'] == 8
+  params = [state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]['params']
+            for workdir in (one, two)]
+  max_difference = max(jax.tree.leaves(jax.tree.map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), *params)))
+  print(f'max |params(1 process) - params(2 processes)| = {max_difference:.3g}')
+  chex.assert_trees_all_close(params[0], params[1], atol=1e-5, rtol=1e-4)

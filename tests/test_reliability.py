@@ -1,0 +1,280 @@
+"""Reliability: kill and resume, damaged checkpoints, NaN stops, collapse monitor, bad input."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from latentadv import checkpoint
+from latentadv import data
+from latentadv import evaluate
+from latentadv import overfitting
+from latentadv import state as state_lib
+from latentadv import train
+from latentadv import validation
+
+from conftest import DATA_ROOT, REPO_ROOT
+
+MNIST_DIR = os.path.join(DATA_ROOT, 'mnist')
+
+
+def _smoke_config(method='fgsm_rs'):
+  """The MNIST smoke config (8 steps per epoch, 2 epochs); a quick final PGD-2, no periodic one."""
+  config = default.apply_preset(default.mnist(default.get_config()), 'smoke')
+  config.method.name = method
+  config.data.source = 'local'
+  config.data.dir = MNIST_DIR
+  config.train.eval_every_epochs = 0
+  config.eval.n_examples = 64
+  config.eval.pgd_steps = 2
+  config.eval.pgd_restarts = 1
+  return config
+
+
+def _main_command(workdir: str, *overrides: str) -> list[str]:
+  return [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_fgsm_rs.py:smoke',
+          f'--workdir={workdir}', '--config.data.source=local', f'--config.data.dir={MNIST_DIR}',
+          '--config.train.eval_every_epochs=0', '--config.eval.n_examples=64',
+          '--config.eval.pgd_steps=2', '--config.eval.pgd_restarts=1', *overrides]
+
+
+def _steps(workdir: str, subdir: str = 'checkpoints') -> list[int]:
+  """The finished checkpoint steps in workdir/subdir, oldest first."""
+  directory = os.path.join(workdir, subdir)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(name) for name in names if name.isdigit())
+
+
+def _files(directory: str) -> list[str]:
+  files = [p for p in glob.glob(os.path.join(directory, '**'), recursive=True)
+           if os.path.isfile(p)]
+  assert files, f'nothing to damage in {directory}'
+  return files
+
+
+def _truncate_files(directory: str):
+  """Cuts every file under `directory` to half its length, as an interrupted copy would."""
+  for path in _files(directory):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _garble_files(directory: str):
+  """Overwrites every file under `directory` with random bytes of the same length."""
+  rng = np.random.default_rng(0)
+  for path in _files(directory):
+    with open(path, 'wb') as f:
+      f.write(rng.bytes(os.path.getsize(path)))
+
+
+def _final_variables(workdir: str):
+  return state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_run(tmp_path):
+  # 16 steps per epoch, 2 epochs, a checkpoint every 2 steps.
+  overrides = ('--config.data.num_train_examples=1024', '--config.train.checkpoint_every_steps=2')
+  full_dir, killed_dir = str(tmp_path / 'full'), str(tmp_path / 'killed')
+  full_log = tmp_path / 'full.log'
+  with full_log.open('w') as log:  # the child keeps its own copy of the file
+    full = subprocess.Popen(_main_command(full_dir, *overrides), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log)
+  victim = subprocess.Popen(_main_command(killed_dir, *overrides), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # SIGKILL once a checkpoint beyond the first ones (steps 1 and 2) exists: during epoch 1.
+  while victim.poll() is None and max(_steps(killed_dir), default=0) < 4:
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGKILL)
+  assert victim.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
+  latest = max(_steps(killed_dir))
+  assert 4 <= latest < 32 and not os.path.exists(os.path.join(killed_dir, 'results.json'))
+
+  # A save cut short leaves a temporary directory that orbax never renamed to its step; plant
+  # one (half-written) beyond the latest step: the resumed run must ignore and remove it.
+  checkpoints = os.path.join(killed_dir, 'checkpoints')
+  half_written = os.path.join(checkpoints, f'{latest + 2}.orbax-checkpoint-tmp-1795000000')
+  shutil.copytree(os.path.join(checkpoints, str(latest)), half_written)
+  _truncate_files(half_written)
+
+  resumed = subprocess.run(_main_command(killed_dir, *overrides), cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from step {latest} of 32' in resumed.stderr
+  assert full.wait(timeout=600) == 0, full_log.read_text()[-3000:]
+  chex.assert_trees_all_equal(_final_variables(full_dir), _final_variables(killed_dir))
+  assert not glob.glob(os.path.join(checkpoints, '*tmp*'))
+  assert _steps(killed_dir) == _steps(full_dir) == [30, 32]
+
+
+# After a failed read of garbled data, orbax's reader thread posts to its closed event loop.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = _smoke_config('standard')
+  full_dir, damaged_dir = str(tmp_path / 'full'), str(tmp_path / 'damaged')
+  full = train.train_and_evaluate(config, full_dir)
+  shutil.copytree(full_dir, damaged_dir)
+  os.remove(os.path.join(damaged_dir, 'results.json'))
+  assert _steps(damaged_dir) == [8, 16]
+  # Garbage in the array data of the newest step (orbax's OCDBT files), its metadata intact.
+  newest_state = os.path.join(damaged_dir, 'checkpoints', '16', 'state')
+  _garble_files(os.path.join(newest_state, 'd'))
+  _garble_files(os.path.join(newest_state, 'ocdbt.process_0'))
+
+  resumed = train.train_and_evaluate(config, damaged_dir)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert any('Checkpoint at step 16' in w and 'damaged' in w for w in warnings), warnings
+  assert 'Restored step 8; deleted the damaged step(s) [16].' in warnings
+  # Resumed from step 8 and retrained epoch 2: the same parameters as the intact run.
+  chex.assert_trees_all_equal(_final_variables(full_dir), _final_variables(damaged_dir))
+  for key in ('clean_accuracy', 'pgd_accuracy'):
+    assert resumed['final'][key] == full['final'][key]
+  assert _steps(damaged_dir) == [8, 16]
+
+  for step in (8, 16):
+    _truncate_files(os.path.join(damaged_dir, 'checkpoints', str(step)))
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    train.train_and_evaluate(config, damaged_dir)
+  message = str(error.value)
+  assert '\n' not in message and 'step 16' in message and 'step 8' in message
+  assert 'Fix: delete' in message
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+  checkpoints = checkpoint.Checkpoints(str(tmp_path), every_steps=1, keep=2)
+  good = {'w': jnp.ones(3)}
+  checkpoints.save(1, good, {'history': []})
+  checkpoints.wait_until_finished()
+  with pytest.raises(FloatingPointError, match=r'at step 2 .* last good checkpoint is step 1'):
+    checkpoints.save(2, {'w': jnp.array([1.0, jnp.inf, 0.0])}, {'history': []})
+  assert checkpoints.all_steps() == [1]
+  checkpoints.close()
+
+
+def test_after_a_nan_stop_the_last_good_checkpoint_restores(tmp_path):
+  config = _smoke_config('standard')
+  config.optim.optimizer = 'sgd'
+  config.optim.learning_rate = 0.01
+  config.optim.schedule = 'piecewise'  # the learning rate explodes after epoch 1
+  config.optim.piecewise_boundaries = (0.5,)
+  config.optim.piecewise_factor = 1e30
+  with pytest.raises(FloatingPointError, match='last good checkpoint is step 8'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _steps(str(tmp_path))[-1] == 8
+  _, variables = state_lib.restore_variables(str(tmp_path), config)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables))
+
+
+def test_track_records_one_collapse_per_drop_below_the_best():
+  record = {'best': None, 'collapsed': False, 'collapses': []}
+  accuracies = [0.3, 0.5, 0.45, 0.3, 0.1, 0.35, 0.6, 0.39, 0.4]
+  collapses = [overfitting.track(record, epoch, 10 * epoch, accuracy, drop=0.2)
+               for epoch, accuracy in enumerate(accuracies, start=1)]
+  # Epoch 4 drops 0.2 from the best (epoch 2); epoch 5 is still collapsed, not a new collapse;
+  # epoch 6 recovers to within 0.2; epoch 8 drops 0.21 from the new best (epoch 7).
+  assert [c is not None for c in collapses] == [False, False, False, True, False, False, False,
+                                                True, False]
+  assert record['collapses'][0] == {'epoch': 4, 'step': 40, 'best_epoch': 2,
+                                    'pgd_accuracy_before': 0.5, 'pgd_accuracy_after': 0.3}
+  assert record['collapses'][1]['best_epoch'] == 7
+  assert record['best'] == {'epoch': 7, 'step': 70, 'pgd_accuracy': 0.6}
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('co_monitor_examples', -1, 'config.train.co_monitor_examples = -1 is invalid'),
+    ('co_drop', 0.0, 'config.train.co_drop = 0.0 is invalid: expected an accuracy drop'),
+    ('co_stop', True, 'config.train.co_stop = True is invalid: expected False while'),
+])
+def test_invalid_monitor_keys_are_rejected_with_the_key(key, value, message):
+  config = _smoke_config()
+  config.train[key] = value
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate(config)
+
+
+def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp_path):
+  config = _smoke_config('standard')
+  config.method.eps = 0.05
+  config.optim.epochs = 4
+  config.optim.learning_rate = 3e-3
+  config.optim.schedule = 'piecewise'  # Adam's step grows 30x after epoch 2: a collapse
+  config.optim.piecewise_boundaries = (0.5,)
+  config.optim.piecewise_factor = 30.0
+  config.train.co_monitor_examples = 128
+  config.train.co_stop = True
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(config, workdir)
+
+  monitor = results['co_monitor']
+  assert monitor['stopped'] and len(monitor['collapses']) == 1
+  collapse = monitor['collapses'][0]
+  history = {h['epoch']: h for h in results['history']}
+  assert sorted(history) == [1, 2, 3] and collapse['epoch'] == 3
+  best = history[collapse['best_epoch']]
+  assert collapse['pgd_accuracy_before'] == best['co_pgd_accuracy'] == max(
+      h['co_pgd_accuracy'] for h in history.values())
+  assert collapse['pgd_accuracy_after'] == history[3]['co_pgd_accuracy']
+  assert collapse['pgd_accuracy_before'] - collapse['pgd_accuracy_after'] >= 0.2
+
+  # The last checkpoint holds the best state: its clean accuracy on the monitored examples is
+  # the best epoch's, not the collapsed one's.
+  images, labels = data.load_split(config.data, 'train', 0, 1)
+  logits = jax.jit(evaluate.load_model(workdir))(images[:128])
+  clean = float(np.mean(np.asarray(logits).argmax(-1) == labels[:128]))
+  assert clean == best['co_clean_accuracy'] != history[3]['co_clean_accuracy']
+  assert _steps(workdir, 'checkpoints_best') == [best['step']]
+
+  # Running the command again keeps the stopped run as it is.
+  again = train.train_and_evaluate(config, workdir)
+  for key in ('clean_accuracy', 'pgd_accuracy'):
+    assert again['final'][key] == results['final'][key]
+  assert again['co_monitor'] == monitor
+
+
+def _write_checkpoint_of_another_model(workdir: str):
+  """A workdir whose checkpoint holds a (zero) PreActResNet-18 state for MNIST."""
+  config = _smoke_config()
+  config.model.name = 'preact_resnet18'
+  model = state_lib.build_model(config)
+  tx = state_lib.make_optimizer(config.optim, state_lib.learning_rate_schedule(config.optim, 1))
+  shapes = jax.eval_shape(lambda rng: state_lib.init_state(model, tx, rng, (28, 28, 1)),
+                          jax.random.key(0))
+  state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  checkpoints = checkpoint.Checkpoints(workdir, every_steps=1, keep=1)
+  checkpoints.save(1, state, {'history': [], 'train_seconds': 0.0}, force=True)
+  checkpoints.close()
+
+
+def test_bad_input_ends_with_one_line_naming_the_problem_and_the_fix(tmp_path):
+  mismatch_dir = str(tmp_path / 'mismatch')
+  _write_checkpoint_of_another_model(mismatch_dir)
+  cases = {  # name: (overrides, workdir, fragments the message must contain)
+      'unknown key': (['--config.method.epsilon=0.1'], str(tmp_path / 'a'),
+                      ['ConfigError:', '--config.method.epsilon', 'configs/default.py']),
+      'invalid value': (['--config.method.eps=-0.1'], str(tmp_path / 'b'),
+                        ['ConfigError:', 'config.method.eps = -0.1', 'expected eps >= 0']),
+      'wrong data dir': ([f'--config.data.dir={tmp_path / "nowhere"}'], str(tmp_path / 'c'),
+                         ['DataError:', 'does not exist', 'Fix: point config.data.dir']),
+      'mismatched checkpoint': ([], mismatch_dir,
+                                ['CheckpointMismatchError:', 'does not match this config',
+                                 'Fix: run with the config']),
+  }
+  runs = {name: subprocess.Popen(_main_command(workdir, *overrides), cwd=REPO_ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+          for name, (overrides, workdir, _) in cases.items()}
+  for name, run in runs.items():
+    _, stderr = run.communicate(timeout=600)
+    last_line = stderr.strip().splitlines()[-1]
+    assert run.returncode == 1, (name, stderr[-3000:])
+    assert 'Traceback' not in stderr, (name, stderr[-3000:])
+    assert all(fragment in last_line for fragment in cases[name][2]), (name, last_line)
+  # The failed run did not replace the record of the config the checkpoints belong to.
+  assert not os.path.exists(os.path.join(mismatch_dir, 'config.json'))
