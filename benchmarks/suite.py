@@ -7,7 +7,8 @@ The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it 
 on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
 an interrupted suite continues where it stopped. It then writes OUTPUT.json (every run and the
 per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD, AutoAttack-style
-worst case, train time and train time relative to `standard`; mean +- std over seeds).
+worst case, train time and train time relative to `standard`; mean +- std over seeds when
+there are several).
 Training times come from runs that may share the machine with other work: the ratios in
 benchmarks/step_cost.py are the fair cost comparison.
 """
@@ -115,8 +116,9 @@ def table(rows: list[dict]) -> str:
   for row in rows:
     relative = (f'{row["train_seconds"] / standard[row["eps"]]:.2f}'
                 if row['eps'] in standard else '-')
-    clean, pgd, autoattack = (f'{100 * row[k]:.2f} +- {100 * row[k + "_std"]:.2f}'
-                              for k in ('clean', 'pgd', 'autoattack'))
+    clean, pgd, autoattack = (
+        f'{100 * row[k]:.2f}' + (f' +- {100 * row[k + "_std"]:.2f}' if row['seeds'] > 1 else '')
+        for k in ('clean', 'pgd', 'autoattack'))
     cells = [clean, f'{pgd} ({row["pgd_attack"]}, {row["pgd_examples"]})',
              f'{autoattack} ({row["autoattack_examples"]})']
     lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
