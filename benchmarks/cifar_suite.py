@@ -20,12 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+CONFIG_PREFIX = 'cifar'
 METHODS = ['standard', 'slat', 'fgsm_rs', 'n_fgsm', 'pgd', 'backward_smoothing', 'eae']
 
 
 def main(argv):
   del argv
-  suite.run_suite('cifar_suite', 'cifar10', METHODS, [8 / 255, 16 / 255])
+  suite.run_suite('cifar_suite', CONFIG_PREFIX, METHODS, [8 / 255, 16 / 255])
 
 
 if __name__ == '__main__':

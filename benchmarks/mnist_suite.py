@@ -19,10 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import suite  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+CONFIG_PREFIX = 'mnist'
+METHODS = list(methods.METHODS)
+
 
 def main(argv):
   del argv
-  suite.run_suite('mnist_suite', 'mnist', list(methods.METHODS), [0.3])
+  suite.run_suite('mnist_suite', CONFIG_PREFIX, METHODS, [0.3])
 
 
 if __name__ == '__main__':

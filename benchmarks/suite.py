@@ -1,7 +1,7 @@
 """Train every method of a benchmark with the same budget and seeds, evaluate, tabulate.
 
 The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it runs
-  python -m latentadv.main --config=configs/<dataset>_<method>.py[:preset] --workdir=ROOT/<run>
+  python -m latentadv.main --config=configs/<prefix>_<method>.py[:preset] --workdir=ROOT/<run>
 (its final evaluation is the config's PGD, e.g. PGD-50-10, on --pgd_examples test images), then
   python -m latentadv.evaluate --workdir=ROOT/<run> --config.eval.suite=autoattack
 on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
@@ -49,13 +49,13 @@ def _run(command: list[str], log_path: str):
     raise RuntimeError(f'{" ".join(command)} failed (exit {result.returncode}); see {log_path}.')
 
 
-def run_one(dataset: str, method: str, seed: int, eps: float, workdir: str):
+def run_one(config_prefix: str, method: str, seed: int, eps: float, workdir: str):
   """Trains and evaluates one (method, seed, eps) into workdir unless already done."""
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, 'log.txt')
   data_flags = (['--config.data.source=local', f'--config.data.dir={FLAGS.data_dir}']
                 if FLAGS.data_dir else [])
-  config = f'configs/{dataset}_{method}.py' + (f':{FLAGS.preset}' if FLAGS.preset else '')
+  config = f'configs/{config_prefix}_{method}.py' + (f':{FLAGS.preset}' if FLAGS.preset else '')
   if not os.path.exists(os.path.join(workdir, 'results.json')):
     _run([sys.executable, '-m', 'latentadv.main', f'--config={config}', f'--workdir={workdir}',
           f'--config.seed={seed}', f'--config.method.eps={eps}',
@@ -109,8 +109,12 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  """Markdown table of `summarise` rows; time relative to `standard` at the same eps."""
+  """Markdown table of `summarise` rows; time relative to `standard` at the same eps, or at
+  any eps when the suite trained it at one only (its cost does not depend on eps)."""
   standard = {row['eps']: row['train_seconds'] for row in rows if row['method'] == 'standard'}
+  for row in rows:
+    if standard and row['eps'] not in standard:
+      standard[row['eps']] = next(iter(standard.values()))
   lines = ['| method | eps | seeds | clean | PGD (attack, n) | AutoAttack-style (n) | train s | '
            'x standard |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
   for row in rows:
@@ -126,12 +130,17 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def run_suite(suite: str, dataset: str, default_methods: list[str],
+def run_suite(suite: str, config_prefix: str, default_methods: list[str],
               default_eps: list[float]):
   """Runs the suite per the flags (defaults: `default_methods`, `default_eps`) and writes
   its JSON and markdown outputs."""
   methods = FLAGS.methods or default_methods
   eps_values = [float(e) for e in FLAGS.eps] if FLAGS.eps else default_eps
+  missing = [f'configs/{config_prefix}_{m}.py' for m in methods
+             if not os.path.exists(os.path.join(REPO_ROOT, 'configs', f'{config_prefix}_{m}.py'))]
+  if missing:
+    raise ValueError(f'No config file {", ".join(missing)}: --methods must name methods with '
+                     f'a configs/{config_prefix}_<method>.py file.')
   root = FLAGS.root or os.path.join(REPO_ROOT, 'runs', suite)
   output = FLAGS.output or os.path.join(REPO_ROOT, 'benchmarks', 'results', suite)
   runs = []
@@ -139,11 +148,11 @@ def run_suite(suite: str, dataset: str, default_methods: list[str],
     for method in methods:
       for seed in FLAGS.seeds:
         workdir = os.path.join(root, f'{method}_eps{eps:.4g}_seed{seed}')
-        run_one(dataset, method, int(seed), eps, workdir)
+        run_one(config_prefix, method, int(seed), eps, workdir)
         runs.append(_load(workdir))
   rows = summarise(runs)
   os.makedirs(os.path.dirname(output), exist_ok=True)
-  settings = {'suite': suite, 'dataset': dataset, 'preset': FLAGS.preset,
+  settings = {'suite': suite, 'configs': f'configs/{config_prefix}_<method>.py', 'preset': FLAGS.preset,
               'seeds': FLAGS.seeds, 'overrides': FLAGS.overrides,
               'pgd_examples': FLAGS.pgd_examples,
               'autoattack_examples': FLAGS.autoattack_examples}

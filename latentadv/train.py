@@ -85,15 +85,18 @@ def jit_train_step(train_step, state: state_lib.TrainState, mesh):
 
 def _check_finite(step_metrics: list[dict], first_step: int,
                   checkpoints: checkpoint.Checkpoints, workdir: str):
-  """Raises FloatingPointError naming the first step whose loss is NaN or infinite.
+  """Raises FloatingPointError naming the first step whose loss or gradient norm is NaN or
+  infinite (a non-finite gradient with a finite loss is typically a second-order term).
 
   Pending checkpoint saves are completed first, so the checkpoint it names is on disk.
   """
   for offset, metrics in enumerate(step_metrics):
-    if not np.isfinite(metrics['loss']):
+    bad = [f'{name} is {metrics[name]}' for name in ('loss', 'grad_norm')
+           if name in metrics and not np.isfinite(metrics[name])]
+    if bad:
       checkpoints.wait_until_finished()
       raise FloatingPointError(
-          f'The training loss is {metrics["loss"]} at step {first_step + offset}; stopping. '
+          f'The training {" and ".join(bad)} at step {first_step + offset}; stopping. '
           f'The last good checkpoint is step {checkpoints.latest_step()} in '
           f'{workdir}/checkpoints. Lower config.optim.learning_rate or check the data and the '
           'method config.')

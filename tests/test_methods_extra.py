@@ -57,6 +57,22 @@ def test_cosine_is_one_for_parallel_gradients_and_skips_zero_ones():
   chex.assert_tree_all_finite(jax.jit(jax.grad(common.mean_cosine))(with_zero, b))
 
 
+def test_cosine_of_tiny_gradients_is_exact_until_they_are_numerically_zero():
+  # Confident examples have input gradients near 1e-19; their squared norms underflow in
+  # float32. The cosine and its (scaled) gradient must still be exact, never NaN.
+  a = jax.random.normal(jax.random.key(0), (3, 784))
+  b = jax.random.normal(jax.random.key(1), (3, 784))
+  value_and_grad = jax.jit(jax.value_and_grad(common.mean_cosine, argnums=1))
+  reference, reference_grad = value_and_grad(a, b)
+  for scale in (1e-10, 1e-18, 3e-19, 1.2e-19):
+    value, grad = value_and_grad(a, b.at[1].multiply(scale))
+    assert float(value) == pytest.approx(float(reference), rel=1e-5)
+    np.testing.assert_allclose(grad[1] * scale, reference_grad[1], rtol=1e-4, atol=1e-9)
+  value, grad = value_and_grad(a, b.at[1].multiply(1e-20))  # numerically zero: left out
+  assert float(value) == pytest.approx(float(common.mean_cosine(a[::2], b[::2])), rel=1e-5)
+  chex.assert_tree_all_finite(grad)
+
+
 def test_gradalign_adds_a_positive_differentiable_alignment_term_to_the_fgsm_loss():
   config, model, params, state, batch = _setup('mnist_cnn', method='gradalign', batch=16)
   config.method.eps = 0.3

@@ -104,13 +104,22 @@ def mean_cosine(a: jax.Array, b: jax.Array) -> jax.Array:
   """Mean over examples of cos(a_i, b_i) for a, b of shape (B, ...), each row flattened.
 
   As in the GradAlign reference code, examples where either row is zero are left out of the
-  mean (1.0 when none is left). Differentiable everywhere: a zero row gives a zero gradient,
-  not NaN.
+  mean (1.0 when none is left); here "zero" means numerically zero: a largest entry below
+  sqrt of the dtype's smallest normal number (about 1e-19 in float32), where the squared norm
+  underflows. Each row is divided by its largest absolute entry (a constant) before the norms
+  are taken, which leaves the cosine and its gradient unchanged but keeps the norms >= 1, so
+  the second-order gradient of tiny input gradients (confidently classified examples) does
+  not overflow into NaN. Differentiable everywhere: a zero row gives a zero gradient.
   """
-  a = a.reshape(a.shape[0], -1)
-  b = b.reshape(b.shape[0], -1)
+  def rescaled(v):
+    v = v.reshape(v.shape[0], -1)
+    scale = jax.lax.stop_gradient(jnp.abs(v).max(-1))
+    usable = scale >= jnp.sqrt(jnp.finfo(v.dtype).tiny)
+    return v / jnp.where(usable, scale, 1.0)[:, None], usable
+
+  (a, a_usable), (b, b_usable) = rescaled(a), rescaled(b)
+  valid = a_usable & b_usable
   a_sq, b_sq = (a * a).sum(-1), (b * b).sum(-1)
-  valid = (a_sq > 0) & (b_sq > 0)
   norms = jnp.sqrt(jnp.where(valid, a_sq, 1.0)) * jnp.sqrt(jnp.where(valid, b_sq, 1.0))
   cos = jnp.where(valid, (a * b).sum(-1) / norms, 0.0)
   count = valid.sum()

@@ -1,0 +1,50 @@
+"""The benchmark suites' bookkeeping: config files, aggregation over seeds, the table."""
+
+import os
+
+import pytest
+from absl.testing import flagsaver
+
+from benchmarks import cifar_suite
+from benchmarks import mnist_suite
+from benchmarks import suite
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('module', [cifar_suite, mnist_suite], ids=['cifar', 'mnist'])
+def test_every_suite_method_has_a_config_file(module):
+  for method in module.METHODS:
+    path = os.path.join(REPO_ROOT, 'configs', f'{module.CONFIG_PREFIX}_{method}.py')
+    assert os.path.exists(path), path
+
+
+def test_a_method_without_a_config_file_is_refused_before_anything_runs(tmp_path):
+  with flagsaver.flagsaver():
+    suite.FLAGS(['cifar_suite', '--methods=standard,no_such_method', f'--root={tmp_path}'])
+    with pytest.raises(ValueError, match='configs/cifar_no_such_method.py'):
+      suite.run_suite('cifar_suite', 'cifar', cifar_suite.METHODS, [8 / 255])
+  assert not os.listdir(tmp_path)
+
+
+def _run(method, eps, seed_value, seconds):
+  return {'method': method, 'eps': eps, 'train_seconds': seconds, 'clean': seed_value,
+          'pgd': seed_value / 2, 'autoattack': seed_value / 4, 'pgd_attack': 'PGD-50-10',
+          'pgd_examples': 100, 'autoattack_examples': 10}
+
+
+def test_summary_averages_seeds_and_the_table_reports_time_relative_to_standard():
+  runs = [_run('standard', 0.1, 0.9, 10.0), _run('slat', 0.1, 0.6, 20.0),
+          _run('slat', 0.1, 0.8, 40.0), _run('slat', 0.2, 0.4, 30.0)]
+  rows = {(row['method'], row['eps']): row for row in suite.summarise(runs)}
+  slat = rows[('slat', 0.1)]
+  assert slat['seeds'] == 2
+  assert slat['clean'] == pytest.approx(0.7)
+  assert slat['clean_std'] == pytest.approx(0.1)
+  assert slat['autoattack'] == pytest.approx(0.175)
+  assert slat['train_seconds'] == pytest.approx(30.0)
+  lines = suite.table(list(rows.values())).splitlines()
+  assert lines[3].startswith('| slat | 0.1 | 2 | 70.00 +- 10.00 | 35.00 +- 5.00 (PGD-50-10, 100)')
+  assert lines[3].endswith('| 30 | 3.00 |')
+  # standard was trained at eps 0.1 only; its cost does not depend on eps.
+  assert lines[4].endswith('| 30 | 3.00 |') and '| 0.2 | 1 | 40.00 |' in lines[4]
