@@ -7,4 +7,5 @@ def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
   config = default.mnist(default.get_config())
   config.method.name = 'fgsm_rs'
+  config.method.fgsm_rs.clip_start = False  # as the authors' MNIST code
   return default.apply_preset(config, preset)

@@ -13,6 +13,7 @@ from configs import default
 from latentadv import methods
 from latentadv import models
 from latentadv.methods import common
+from latentadv.methods import fgsm_rs
 from latentadv.methods import slat
 
 
@@ -73,6 +74,25 @@ def test_adversarial_methods_raise_the_training_loss(name):
                               jax.random.key(1))
   loss, _, _ = _loss(name, config, model, params, state, batch, jax.random.key(1))
   assert loss > standard_loss + 1e-3
+
+
+@pytest.mark.parametrize('clip_start', [True, False])
+def test_fgsm_rs_on_black_pixels_follows_the_clip_start_choice(clip_start):
+  config, model, params, state, batch = _setup('mnist_cnn', method='fgsm_rs', batch=16)
+  config.method.eps = eps = 0.3
+  config.method.fgsm_rs.clip_start = clip_start
+  black = jnp.zeros_like(batch['image'])
+  x_adv = jax.jit(lambda x: fgsm_rs.perturb(model.apply, params, state, x, batch['label'],
+                                            jax.random.key(0), config.method))(black)
+  values = np.asarray(x_adv).ravel()
+  moved = values[values > 0]
+  assert values.min() == 0.0 and values.max() == pytest.approx(eps)
+  assert 0.2 < moved.size / values.size < 0.8  # the gradient's sign varies over pixels
+  if clip_start:  # start clipped to [0, eps], then + 1.25 eps: always the full eps
+    np.testing.assert_allclose(moved, eps)
+  else:  # authors' MNIST code: start in [-eps, eps], + 1.25 eps, clipped: [0.25 eps, eps]
+    assert moved.min() >= 0.25 * eps - 1e-6
+    assert np.mean(moved < 0.99 * eps) > 0.3
 
 
 @pytest.mark.parametrize('name', ['fgsm', 'slat'])

@@ -2,6 +2,12 @@
 
 delta ~ U(-eps, eps), one sign step of size alpha = 1.25 eps from x + delta, projection back
 to the eps-ball and [0, 1]. Known to overfit catastrophically at larger eps.
+
+`clip_start`: the authors' CIFAR-10 code clips the random start x + delta to [0, 1] before
+taking the gradient; their MNIST code does not (the gradient is taken at x + delta, and only
+the final point is clipped), which on MNIST's mostly-black images leaves the final
+perturbation of a background pixel anywhere in [0.25 eps, eps] instead of exactly eps.
+configs/mnist_fgsm_rs.py follows the MNIST code.
 """
 
 import jax
@@ -13,18 +19,28 @@ from latentadv.methods import common
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """step: the sign step as a multiple of eps (1.25 in the paper)."""
-  return ml_collections.ConfigDict(dict(step=1.25))
+  """step: the sign step as a multiple of eps (1.25 in the paper); clip_start: clip the random
+  start to [0, 1] before the gradient (see the module docstring)."""
+  return ml_collections.ConfigDict(dict(step=1.25, clip_start=True))
+
+
+def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng: jax.Array,
+            config) -> jax.Array:
+  """The FGSM-RS training input for x (B, H, W, C), a constant of the same shape."""
+  noise_rng, attack_rng = jax.random.split(rng)
+  eps = config.eps
+  x_start = x + jax.random.uniform(noise_rng, x.shape, x.dtype, -eps, eps)
+  if config.fgsm_rs.clip_start:
+    x_start = pgd.project(x_start, x, eps)
+  logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
+  grad = common.input_gradient(logits_fn, x_start, labels)
+  x_adv = pgd.project(x_start + config.fgsm_rs.step * eps * jnp.sign(grad), x, eps)
+  return jax.lax.stop_gradient(x_adv)
 
 
 def loss(apply_fn, params, model_state, batch, rng, config):
   """Cross-entropy at the FGSM-RS point of batch['image'] (B, H, W, C)."""
-  noise_rng, attack_rng, train_rng = jax.random.split(rng, 3)
-  x, y = batch['image'], batch['label']
-  eps = config.eps
-  x_start = pgd.project(x + jax.random.uniform(noise_rng, x.shape, x.dtype, -eps, eps), x, eps)
-  logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
-  grad = common.input_gradient(logits_fn, x_start, y)
-  x_adv = pgd.project(x_start + config.fgsm_rs.step * eps * jnp.sign(grad), x, eps)
-  return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
-                         train_rng)
+  attack_rng, train_rng = jax.random.split(rng)
+  x_adv = perturb(apply_fn, params, model_state, batch['image'], batch['label'], attack_rng,
+                  config)
+  return common.train_on(apply_fn, params, model_state, x_adv, batch['label'], train_rng)
