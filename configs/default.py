@@ -146,7 +146,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     config.model.wide_resnet.depth = 16
     config.model.wide_resnet.widen_factor = 2
     config.optim.epochs = 10
-    config.eval.batch_size = 250
+    config.eval.batch_size = 256
     config.eval.n_examples = 1000
     config.eval.pgd_restarts = 2
     config.eval.periodic_n_examples = 500

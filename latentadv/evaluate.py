@@ -19,7 +19,11 @@ Suites (`config.eval.suite`):
 
 Every process holds all examples and runs the same host loop (the same examples in the same
 batches, in the same order), so results are identical on every process; each global batch
-is sharded over the mesh, padded to the batch size and masked.
+is sharded over the mesh, padded and masked. A batch is padded to the smallest of
+batch_size / 2^k (k = 0..3, kept if a whole multiple of the device count) that holds it, so
+the few points a strong attack leaves still robust are not attacked at the full batch's cost;
+each size compiles once per attack. Different device counts give identical results when they
+keep the same sizes (e.g. batch_size 256 on 1 to 32 devices).
 
 Library: `Evaluator`, `from_config`, `load_model(workdir)`.
 Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.suite=autoattack ...]`
@@ -137,6 +141,8 @@ class Evaluator:
     self._mesh = mesh
     self._batch_size = batch_size
     parallel.check_batch_size(batch_size, 'config.eval.batch_size', mesh)
+    self._padded_sizes = [batch_size >> k for k in range(4) if batch_size % (1 << k) == 0
+                          and (batch_size >> k) % mesh.devices.size == 0]
     replicated = parallel.replicated(mesh)
     surrogate_apply_fn = surrogate_apply_fn or apply_fn
 
@@ -161,7 +167,8 @@ class Evaluator:
     size = self._batch_size
     for number, start in enumerate(range(0, len(indices), size)):
       chunk = indices[start:start + size]
-      padded = np.concatenate([chunk, np.full(size - len(chunk), chunk[0])])
+      padded_size = min(s for s in self._padded_sizes if s >= len(chunk))
+      padded = np.concatenate([chunk, np.full(padded_size - len(chunk), chunk[0])])
       batch = parallel.shard_batch({'image': images[padded], 'label': labels[padded]},
                                    self._mesh)
       out[start:start + len(chunk)] = np.asarray(

@@ -47,7 +47,7 @@ def _evaluator(model, suite, mesh=None, eps=EPS, **changes):
   attacks = evaluate.suite_attacks(suite, _eval_config(**changes), eps,
                                    has_quantiser=soft_quant.has_quantiser(model))
   return evaluate.Evaluator(model.apply, mesh or parallel.make_mesh(jax.devices()[:1]),
-                            attacks, eps=eps, batch_size=96,
+                            attacks, eps=eps, batch_size=64,
                             surrogate_apply_fn=soft_quant.straight_through(model).apply)
 
 
@@ -103,7 +103,9 @@ def test_runs_attack_only_the_points_still_robust(mlp):
   np.testing.assert_array_equal(examples['fooled_by_fake'], expected)
   np.testing.assert_array_equal(examples['robust'], correct & ~expected)
   assert record['fake_accuracy'] == pytest.approx((correct & ~expected).mean())
-  assert traced_shapes == [(64, 28, 28, 1)]  # Padded batches: compiled once.
+  # Padded to 64 / 2^k: each size compiled once, the last batches cheaper than full ones.
+  assert len(set(traced_shapes)) == len(traced_shapes) > 1
+  assert {shape[0] for shape in traced_shapes} <= {64, 32, 16, 8}
 
 
 def test_eight_devices_give_the_results_of_one(mnist, mlp):
