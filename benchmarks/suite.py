@@ -5,7 +5,8 @@ The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it 
 (its final evaluation is the config's PGD, e.g. PGD-50-10, on --pgd_examples test images), then
   python -m latentadv.evaluate --workdir=ROOT/<run> --config.eval.suite=autoattack
 on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
-an interrupted suite continues where it stopped. It then writes OUTPUT.json (every run and the
+an interrupted suite continues where it stopped (--norun only tabulates the finished runs,
+e.g. while the others are still training). It then writes OUTPUT.json (every run and the
 per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD, AutoAttack-style
 worst case, train time and train time relative to `standard`; mean +- std over seeds when
 there are several).
@@ -36,6 +37,8 @@ flags.DEFINE_integer('pgd_examples', None, 'Final PGD evaluation on the first n 
 flags.DEFINE_integer('autoattack_examples', 1000, 'AutoAttack-style suite on the first n.')
 flags.DEFINE_string('output', None, 'Output path without extension (default: '
                     'benchmarks/results/<suite>).')
+flags.DEFINE_bool('run', True, 'Train and evaluate missing runs; --norun tabulates the '
+                  'finished runs only and lists the missing ones.')
 flags.DEFINE_list('overrides', [], 'Extra --config.* overrides for every run, e.g. '
                   'optim.epochs=5.')
 
@@ -148,7 +151,11 @@ def run_suite(suite: str, config_prefix: str, default_methods: list[str],
     for method in methods:
       for seed in FLAGS.seeds:
         workdir = os.path.join(root, f'{method}_eps{eps:.4g}_seed{seed}')
-        run_one(config_prefix, method, int(seed), eps, workdir)
+        if FLAGS.run:
+          run_one(config_prefix, method, int(seed), eps, workdir)
+        elif not os.path.exists(os.path.join(workdir, 'eval_autoattack.json')):
+          logging.warning('Not finished, left out: %s', workdir)
+          continue
         runs.append(_load(workdir))
   rows = summarise(runs)
   os.makedirs(os.path.dirname(output), exist_ok=True)

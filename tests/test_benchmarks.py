@@ -1,5 +1,6 @@
 """The benchmark suites' bookkeeping: config files, aggregation over seeds, the table."""
 
+import json
 import os
 
 import pytest
@@ -48,3 +49,25 @@ def test_summary_averages_seeds_and_the_table_reports_time_relative_to_standard(
   assert lines[3].endswith('| 30 | 3.00 |')
   # standard was trained at eps 0.1 only; its cost does not depend on eps.
   assert lines[4].endswith('| 30 | 3.00 |') and '| 0.2 | 1 | 40.00 |' in lines[4]
+
+
+def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
+  finished = tmp_path / 'standard_eps0.1_seed0'
+  finished.mkdir()
+  final = {'clean_accuracy': 0.9, 'pgd_accuracy': 0.0, 'n_examples': 100,
+           'attacks': {'pgd': {'steps': 50, 'restarts': 10}}}
+  (finished / 'results.json').write_text(json.dumps(
+      {'method': 'standard', 'eps': 0.1, 'train_seconds': 12.0, 'final': final,
+       'history': []}))
+  (finished / 'eval_autoattack.json').write_text(json.dumps(
+      {'clean_accuracy': 0.9, 'robust_accuracy': 0.0, 'apgd-ce_accuracy': 0.0,
+       'n_examples': 10, 'seconds': 1.0}))
+  output = tmp_path / 'table'
+  with flagsaver.flagsaver():
+    suite.FLAGS(['mnist_suite', '--methods=standard,slat', '--seeds=0', '--eps=0.1', '--norun',
+                 f'--root={tmp_path}', f'--output={output}'])
+    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+  assert [run['method'] for run in json.loads((tmp_path / 'table.json').read_text())['runs']
+          ] == ['standard']
+  assert '| standard | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 0.00 (10) | 12 | 1.00 |' in (
+      tmp_path / 'table.md').read_text()
