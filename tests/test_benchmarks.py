@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 from absl.testing import flagsaver
 
@@ -71,3 +73,22 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
           ] == ['standard']
   assert '| standard | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 0.00 (10) | 12 | 1.00 |' in (
       tmp_path / 'table.md').read_text()
+
+
+def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
+  from benchmarks import slat_diagnostics  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from latentadv import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
+  variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
+  config = default.mnist(default.get_config())
+  images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
+  labels = model.apply(variables, images).argmax(-1)  # every clean image is "correct"
+  config.method.eps, config.method.slat.eps_h = 0.0, 0.0
+  unperturbed = slat_diagnostics.accuracies(model, variables, config, images, labels, labels)
+  for name in slat_diagnostics.INPUTS:
+    assert bool(np.all(unperturbed[name]))
+  config.method.eps, config.method.slat.eps_h = 0.3, 0.3
+  perturbed = slat_diagnostics.accuracies(model, variables, config, images, labels, labels)
+  assert bool(np.all(perturbed['clean']))
+  assert float(np.mean(perturbed['both'])) < 1.0

@@ -1,0 +1,88 @@
+"""Which inputs a SLAT-trained model classifies well: clean, or the perturbed ones it trained on.
+
+  python benchmarks/slat_diagnostics.py --workdir=runs/cifar_suite/slat_eps0.03137_seed0 \
+      --data_dir=../shared/data/cifar10
+
+On the first --n_examples test images, accuracy (BatchNorm in eval mode, running averages) of
+the latest checkpoint on: the clean image; the SLAT input perturbation alone (alpha eps
+sign(g_x), no random start); the latent perturbations alone (eps_h sign(g_l) at the taps);
+both (what SLAT trains on). Each perturbation is built from the true label and, as a control,
+from a wrong one ((y + 1) mod classes). A model that is more accurate on its own training
+perturbations than on clean images, whatever label built them, has fitted the perturbed
+distribution rather than become robust. Prints and writes JSON (--output).
+"""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.methods import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.methods import slat  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+
+INPUTS = ('clean', 'input_perturbation', 'latent_perturbation', 'both')
+
+
+def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
+               build_labels: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-example correctness (B,) on each of INPUTS, perturbations built from build_labels."""
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  x_adv, deltas, _ = slat.perturb(model.apply, params, model_state, images, build_labels,
+                                  jax.random.key(0), config.method)
+  inputs = {'clean': (images, None), 'input_perturbation': (x_adv, None),
+            'latent_perturbation': (images, deltas), 'both': (x_adv, deltas)}
+  out = {}
+  for name, (x, perturbations) in inputs.items():
+    logits, _ = common.forward(model.apply, params, model_state, x, jax.random.key(1),
+                               train=False, perturbations=perturbations)
+    out[name] = logits.argmax(-1) == labels
+  return out
+
+
+def main(argv):
+  del argv
+  config = evaluate.load_config(FLAGS.workdir)
+  if config.method.name not in ('slat', 'slat_ga'):
+    raise app.UsageError(f'{FLAGS.workdir} was trained with {config.method.name}, not SLAT.')
+  if FLAGS.data_dir:
+    config.data.source, config.data.dir = 'local', FLAGS.data_dir
+  model, variables = state_lib.restore_variables(FLAGS.workdir, config)
+  images, labels = data.load_split(config.data, 'test')
+  images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]
+  classes = data.DATASETS[config.data.name].num_classes
+  run = jax.jit(lambda x, y, build: accuracies(model, variables, config, x, y, build))
+  results = {}
+  for label_kind in ('true_label', 'wrong_label'):
+    correct = {name: [] for name in INPUTS}
+    for start in range(0, len(labels), FLAGS.batch_size):
+      x, y = images[start:start + FLAGS.batch_size], labels[start:start + FLAGS.batch_size]
+      build = y if label_kind == 'true_label' else (y + 1) % classes
+      for name, value in run(x, y, build).items():
+        correct[name].append(np.asarray(value))
+    results[label_kind] = {name: float(np.concatenate(v).mean()) for name, v in correct.items()}
+    print(label_kind, results[label_kind])
+  output = FLAGS.output or os.path.join(FLAGS.workdir, 'slat_diagnostics.json')
+  with open(output, 'w') as f:
+    json.dump({'workdir': FLAGS.workdir, 'n_examples': len(labels), **results}, f, indent=1)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A run trained with SLAT (its config.json is read).')
+  flags.DEFINE_string('data_dir', '', 'Canonical data files ("" = the run\'s data config).')
+  flags.DEFINE_integer('n_examples', 1000, 'First n test images.')
+  flags.DEFINE_integer('batch_size', 250, 'Images per batch.')
+  flags.DEFINE_string('output', '', 'JSON path ("" = WORKDIR/slat_diagnostics.json).')
+  flags.mark_flag_as_required('workdir')
+  app.run(main)
