@@ -6,7 +6,8 @@
 On the first --n_examples test images, accuracy (BatchNorm in eval mode, running averages) of
 the latest checkpoint on: the clean image; the SLAT input perturbation alone (alpha eps
 sign(g_x), no random start); the latent perturbations alone (eps_h sign(g_l) at the taps);
-both (what SLAT trains on). Each perturbation is built from the true label and, as a control,
+both (what SLAT trains on); and the clean image with BatchNorm on the batch's own statistics
+(whether the running averages are to blame). Each perturbation is built from the true label and, as a control,
 from a wrong one ((y + 1) mod classes). A model that is more accurate on its own training
 perturbations than on clean images, whatever label built them, has fitted the perturbed
 distribution rather than become robust. Prints and writes JSON (--output).
@@ -31,22 +32,25 @@ from latentadv.methods import slat  # pylint: disable=g-import-not-at-top,wrong-
 
 FLAGS = flags.FLAGS
 
-INPUTS = ('clean', 'input_perturbation', 'latent_perturbation', 'both')
+INPUTS = ('clean', 'input_perturbation', 'latent_perturbation', 'both',
+          'clean_batch_statistics')
 
 
 def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
                build_labels: np.ndarray) -> dict[str, np.ndarray]:
-  """Per-example correctness (B,) on each of INPUTS, perturbations built from build_labels."""
+  """Per-example correctness (B,) on each of INPUTS for images (B, H, W, C) and labels (B,);
+  the perturbations are built from build_labels (B,)."""
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
-  x_adv, deltas, _ = slat.perturb(model.apply, params, model_state, images, build_labels,
+  x_adv, deltas, _, _ = slat.perturb(model.apply, params, model_state, images, build_labels,
                                   jax.random.key(0), config.method)
-  inputs = {'clean': (images, None), 'input_perturbation': (x_adv, None),
-            'latent_perturbation': (images, deltas), 'both': (x_adv, deltas)}
+  inputs = {'clean': (images, None, False), 'input_perturbation': (x_adv, None, False),
+            'latent_perturbation': (images, deltas, False), 'both': (x_adv, deltas, False),
+            'clean_batch_statistics': (images, None, True)}
   out = {}
-  for name, (x, perturbations) in inputs.items():
+  for name, (x, perturbations, train) in inputs.items():
     logits, _ = common.forward(model.apply, params, model_state, x, jax.random.key(1),
-                               train=False, perturbations=perturbations)
+                               train=train, perturbations=perturbations)
     out[name] = logits.argmax(-1) == labels
   return out
 

@@ -108,13 +108,30 @@ def test_zero_radius_is_standard_training_including_batchnorm_state(name):
   chex.assert_trees_all_close(got[2], expected[2], rtol=1e-5)
 
 
+def test_slat_clean_pass_updates_batchnorm_only_when_asked():
+  """Default: pass 1 leaves the running averages alone (zero radius = standard training, above).
+  clean_pass_updates_bn: the clean batch's update comes first, then pass 2's, as in PyTorch."""
+  config, model, params, state, batch = _setup(method='slat')
+  config.method.eps = 0.0
+  config.method.slat.eps_h = 0.0
+  config.method.slat.clean_pass_updates_bn = True
+  rng = jax.random.key(3)
+  loss, _, new_state = _loss('slat', config, model, params, state, batch, rng)
+  standard_loss, _, once = _loss('standard', config, model, params, state, batch, rng)
+  chex.assert_trees_all_close(loss, standard_loss, rtol=1e-5)  # same batch statistics
+  _, _, twice = _loss('standard', config, model, params, once, batch, rng)
+  chex.assert_trees_all_close(new_state, twice, rtol=1e-5)  # two momentum updates, not one
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(twice),
+                                                    jax.tree.leaves(once)))
+
+
 def test_slat_gradients_equal_separately_computed_gradients():
   config, model, params, state, batch = _setup()
   x, y = batch['image'], batch['label']
   logits_fn = common.attack_forward(model.apply, params, state, jax.random.key(0), 'train')
   zeros = slat.zero_perturbations(model.apply, {'params': params, **state}, x, config.method.slat.taps)
-  grad_x, grad_latent = jax.jit(
-      lambda x, z: slat.input_and_latent_gradients(logits_fn, x, y, z))(x, zeros)
+  grad_x, grad_latent, _ = jax.jit(lambda x, z: slat.input_and_latent_gradients(
+      lambda x, d: (logits_fn(x, d), state), x, y, z))(x, zeros)
   separate_x = jax.jit(lambda x: common.input_gradient(logits_fn, x, y))(x)
   chex.assert_trees_all_close(grad_x, separate_x, atol=1e-6)
   assert set(grad_latent) == {'stem', 'stage1'}
@@ -172,7 +189,8 @@ def test_slat_trains_on_input_and_latent_perturbations_of_the_configured_size():
   def reference_losses(params):
     logits_fn = common.attack_forward(model.apply, params, state, attack_rng, 'train')
     zeros = slat.zero_perturbations(model.apply, {'params': params, **state}, x, cfg.taps)
-    grad_x, grad_latent = slat.input_and_latent_gradients(logits_fn, x, y, zeros)
+    grad_x, grad_latent, _ = slat.input_and_latent_gradients(
+        lambda x, d: (logits_fn(x, d), state), x, y, zeros)
     x_adv = jnp.clip(x + cfg.alpha * eps * jnp.sign(grad_x), 0, 1)
     latent = {k: cfg.eps_h * jnp.sign(g) for k, g in grad_latent.items()}
     def train_loss(x, perturbations):

@@ -12,7 +12,11 @@ Perturbations, without a random start:
               for alpha >= 0.5), in raw feature units; the model's tap keeps h_l + delta_l in the
               per-sample, per-channel range of the pass-2 feature map (see models/taps.py).
 Pass 2 trains on the cross-entropy of the perturbed forward only; its BatchNorm statistics are
-kept (the reference code also keeps pass 1's; we do not, see METHODS.md).
+kept. By default pass 1's are not (METHODS.md); `clean_pass_updates_bn` keeps them too, as the
+reference code does: pass 1 then runs BatchNorm in train mode and updates the running averages
+with the clean batch, and pass 2 updates them again with the perturbed one. Without it, the
+running averages only ever see perturbed inputs, which at small scale misfits clean images
+(see the README's CIFAR-10 results).
 """
 
 import jax
@@ -25,8 +29,10 @@ from latentadv.methods import common
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """alpha: input step as a fraction of eps; eps_h: latent radius; taps: perturbed features."""
-  return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=8 / 255, taps=('stem', 'stage1')))
+  """alpha: input step as a fraction of eps; eps_h: latent radius; taps: perturbed features;
+  clean_pass_updates_bn: pass 1 updates the BatchNorm running averages (reference code)."""
+  return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=8 / 255, taps=('stem', 'stage1'),
+                                        clean_pass_updates_bn=False))
 
 
 def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, jax.Array]:
@@ -39,35 +45,51 @@ def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, ja
   return {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
 
 
-def input_and_latent_gradients(logits_fn, x: jax.Array, labels: jax.Array, deltas):
-  """Gradients of the summed CE w.r.t. x (B, H, W, C) and each tap delta, from one vjp."""
+def input_and_latent_gradients(forward_fn, x: jax.Array, labels: jax.Array, deltas):
+  """Gradients of the summed CE w.r.t. x (B, H, W, C) and each tap delta, from one vjp.
+
+  forward_fn(x, deltas) -> (logits (B, K), model_state); returns (grad_x, grad_deltas,
+  model_state).
+  """
   def summed_loss(x, deltas):
-    logits = logits_fn(x, deltas)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-  _, pullback = jax.vjp(summed_loss, x, deltas)
-  return pullback(jnp.ones(()))
+    logits, model_state = forward_fn(x, deltas)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(), model_state
+  _, pullback, model_state = jax.vjp(summed_loss, x, deltas, has_aux=True)
+  return (*pullback(jnp.ones(())), model_state)
 
 
 def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng: jax.Array,
             config):
-  """Pass 1: returns (x_adv, latent deltas, g_x), g_x the clean input gradient (B, H, W, C).
+  """Pass 1: returns (x_adv, latent deltas, g_x, model_state for pass 2).
 
-  x_adv and the deltas (one per tap) are the documented SLAT perturbations, as constants.
+  x_adv and the deltas (one per tap) are the documented SLAT perturbations, as constants; g_x
+  is the clean input gradient (B, H, W, C); the model state is pass 1's update of the
+  BatchNorm running averages with `clean_pass_updates_bn`, else model_state unchanged.
   """
   eps, cfg = config.eps, config.slat
-  logits_fn = common.attack_forward(apply_fn, params, model_state, rng, config.attack_bn)
   zeros = zero_perturbations(apply_fn, {'params': params, **model_state}, x, cfg.taps)
-  grad_x, grad_latent = input_and_latent_gradients(logits_fn, x, labels, zeros)
+  if cfg.clean_pass_updates_bn:
+    def forward_fn(x, deltas):
+      return common.forward(apply_fn, params, model_state, x, rng, train=True,
+                            perturbations=deltas)
+  else:
+    logits_fn = common.attack_forward(apply_fn, params, model_state, rng, config.attack_bn)
+
+    def forward_fn(x, deltas):
+      return logits_fn(x, deltas), model_state
+  grad_x, grad_latent, pass2_state = input_and_latent_gradients(forward_fn, x, labels, zeros)
   delta_x = jnp.clip(cfg.alpha * eps * jnp.sign(grad_x), -eps, eps)
   x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
   deltas = {name: jnp.clip(2 * cfg.alpha * cfg.eps_h * jnp.sign(g), -cfg.eps_h, cfg.eps_h)
             for name, g in grad_latent.items()}
-  return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x
+  return (jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x,
+          jax.lax.stop_gradient(pass2_state))
 
 
 def loss(apply_fn, params, model_state, batch, rng, config):
   """Cross-entropy of the SLAT-perturbed forward pass; see the module docstring."""
   attack_rng, train_rng = jax.random.split(rng)
   x, y = batch['image'], batch['label']
-  x_adv, deltas, _ = perturb(apply_fn, params, model_state, x, y, attack_rng, config)
+  x_adv, deltas, _, model_state = perturb(apply_fn, params, model_state, x, y, attack_rng,
+                                          config)
   return common.train_on(apply_fn, params, model_state, x_adv, y, train_rng, perturbations=deltas)

@@ -27,8 +27,8 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   """SLAT's cross-entropy + coeff * (1 - cos(g_x_clean, g_x_adv)); see the module docstring."""
   attack_rng, train_rng = jax.random.split(rng)
   x, y = batch['image'], batch['label']
-  x_adv, deltas, grad_clean = slat.perturb(apply_fn, params, model_state, x, y, attack_rng,
-                                           config)
+  x_adv, deltas, grad_clean, model_state = slat.perturb(apply_fn, params, model_state, x, y,
+                                                        attack_rng, config)
 
   def summed_ce(x_in):
     logits, new_state = common.forward(apply_fn, params, model_state, x_in, train_rng,
