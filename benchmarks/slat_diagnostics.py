@@ -24,6 +24,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,11 +58,10 @@ def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
 
 def main(argv):
   del argv
-  config = evaluate.load_config(FLAGS.workdir)
+  data_overrides = {'data.source': 'local', 'data.dir': FLAGS.data_dir} if FLAGS.data_dir else {}
+  config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), data_overrides)
   if config.method.name not in ('slat', 'slat_ga'):
     raise app.UsageError(f'{FLAGS.workdir} was trained with {config.method.name}, not SLAT.')
-  if FLAGS.data_dir:
-    config.data.source, config.data.dir = 'local', FLAGS.data_dir
   model, variables = state_lib.restore_variables(FLAGS.workdir, config)
   images, labels = data.load_split(config.data, 'test')
   images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]
