@@ -10,7 +10,10 @@ from absl.testing import flagsaver
 
 from benchmarks import cifar_suite
 from benchmarks import mnist_suite
+from benchmarks import slat_diagnostics
 from benchmarks import suite
+from configs import default
+from latentadv import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,9 +79,6 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
 
 
 def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
-  from benchmarks import slat_diagnostics  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from latentadv import models  # pylint: disable=g-import-not-at-top
   model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
   variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
   config = default.mnist(default.get_config())
