@@ -6,7 +6,10 @@ The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it 
   python -m latentadv.evaluate --workdir=ROOT/<run> --config.eval.suite=autoattack
 on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
 an interrupted suite continues where it stopped (--norun only tabulates the finished runs,
-e.g. while the others are still training). It then writes OUTPUT.json (every run and the
+e.g. while the others are still training). Runs recorded in an existing OUTPUT.json with the
+same settings count as finished too, so a suite can be extended on a machine that does not
+hold the earlier run directories (another --output starts afresh). It then writes OUTPUT.json
+(every run and the
 per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD, AutoAttack-style
 worst case, train time and train time relative to `standard`; mean +- std over seeds when
 there are several).
@@ -93,6 +96,20 @@ def _load(workdir: str) -> dict:
   }
 
 
+def _recorded_runs(path: str, settings: dict) -> dict[str, dict]:
+  """The runs of an earlier output at `path`, by run directory name, if it was made with the
+  same preset, overrides and evaluation sizes; {} otherwise."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    earlier = json.load(f)
+  same = ('preset', 'overrides', 'pgd_examples', 'autoattack_examples')
+  if any(earlier['settings'].get(key) != settings[key] for key in same):
+    logging.warning('%s was made with other settings; its runs are not reused.', path)
+    return {}
+  return {os.path.basename(run['workdir']): run for run in earlier['runs']}
+
+
 def summarise(runs: list[dict]) -> list[dict]:
   """Per (method, eps): mean and std over seeds of clean, pgd, autoattack, train_seconds."""
   groups = {}
@@ -146,23 +163,30 @@ def run_suite(suite: str, config_prefix: str, default_methods: list[str],
                      f'a configs/{config_prefix}_<method>.py file.')
   root = FLAGS.root or os.path.join(REPO_ROOT, 'runs', suite)
   output = FLAGS.output or os.path.join(REPO_ROOT, 'benchmarks', 'results', suite)
+  settings = {'suite': suite, 'configs': f'configs/{config_prefix}_<method>.py', 'preset': FLAGS.preset,
+              'seeds': FLAGS.seeds, 'overrides': FLAGS.overrides,
+              'pgd_examples': FLAGS.pgd_examples,
+              'autoattack_examples': FLAGS.autoattack_examples}
+  recorded = _recorded_runs(output + '.json', settings)
   runs = []
   for eps in eps_values:
     for method in methods:
       for seed in FLAGS.seeds:
-        workdir = os.path.join(root, f'{method}_eps{eps:.4g}_seed{seed}')
+        name = f'{method}_eps{eps:.4g}_seed{seed}'
+        workdir = os.path.join(root, name)
+        finished = os.path.exists(os.path.join(workdir, 'eval_autoattack.json'))
+        if not finished and name in recorded:
+          logging.info('Recorded in %s.json, not repeated: %s', output, name)
+          runs.append(recorded[name])
+          continue
         if FLAGS.run:
           run_one(config_prefix, method, int(seed), eps, workdir)
-        elif not os.path.exists(os.path.join(workdir, 'eval_autoattack.json')):
+        elif not finished:
           logging.warning('Not finished, left out: %s', workdir)
           continue
         runs.append(_load(workdir))
   rows = summarise(runs)
   os.makedirs(os.path.dirname(output), exist_ok=True)
-  settings = {'suite': suite, 'configs': f'configs/{config_prefix}_<method>.py', 'preset': FLAGS.preset,
-              'seeds': FLAGS.seeds, 'overrides': FLAGS.overrides,
-              'pgd_examples': FLAGS.pgd_examples,
-              'autoattack_examples': FLAGS.autoattack_examples}
   with open(output + '.json', 'w') as f:
     json.dump({'settings': settings, 'summary': rows, 'runs': runs}, f, indent=1)
   with open(output + '.md', 'w') as f:

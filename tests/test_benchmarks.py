@@ -78,6 +78,25 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
       tmp_path / 'table.md').read_text()
 
 
+def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_only(tmp_path):
+  output = tmp_path / 'table'
+  recorded = dict(_run('slat', 0.1, 0.8, 20.0), workdir='runs/x/slat_eps0.1_seed0',
+                  history=[])
+  settings = {'preset': '', 'overrides': [], 'pgd_examples': None, 'autoattack_examples': 10}
+  (tmp_path / 'table.json').write_text(json.dumps({'settings': settings, 'runs': [recorded]}))
+  flags_for = lambda examples: [
+      'mnist_suite', '--methods=slat', '--seeds=0', '--eps=0.1', '--norun',
+      f'--autoattack_examples={examples}', f'--root={tmp_path / "empty"}', f'--output={output}']
+  with flagsaver.flagsaver():
+    suite.FLAGS(flags_for(10))
+    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+  assert json.loads((tmp_path / 'table.json').read_text())['runs'] == [recorded]
+  with flagsaver.flagsaver():
+    suite.FLAGS(flags_for(20))
+    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+  assert json.loads((tmp_path / 'table.json').read_text())['runs'] == []
+
+
 def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
   model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
   variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
