@@ -9,10 +9,9 @@ an interrupted suite continues where it stopped (--norun only tabulates the fini
 e.g. while the others are still training). Runs recorded in an existing OUTPUT.json with the
 same settings count as finished too, so a suite can be extended on a machine that does not
 hold the earlier run directories (another --output starts afresh). It then writes OUTPUT.json
-(every run and the
-per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD, AutoAttack-style
-worst case, train time and train time relative to `standard`; mean +- std over seeds when
-there are several).
+(every run and the per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD,
+AutoAttack-style worst case, train time and train time relative to `standard`; mean +- std
+over seeds when there are several).
 Training times come from runs that may share the machine with other work: the ratios in
 benchmarks/step_cost.py are the fair cost comparison.
 """
