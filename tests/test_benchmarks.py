@@ -84,17 +84,17 @@ def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_o
                   history=[])
   settings = {'preset': '', 'overrides': [], 'pgd_examples': None, 'autoattack_examples': 10}
   (tmp_path / 'table.json').write_text(json.dumps({'settings': settings, 'runs': [recorded]}))
-  flags_for = lambda examples: [
-      'mnist_suite', '--methods=slat', '--seeds=0', '--eps=0.1', '--norun',
-      f'--autoattack_examples={examples}', f'--root={tmp_path / "empty"}', f'--output={output}']
-  with flagsaver.flagsaver():
-    suite.FLAGS(flags_for(10))
-    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
-  assert json.loads((tmp_path / 'table.json').read_text())['runs'] == [recorded]
-  with flagsaver.flagsaver():
-    suite.FLAGS(flags_for(20))
-    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
-  assert json.loads((tmp_path / 'table.json').read_text())['runs'] == []
+
+  def tabulated_runs(autoattack_examples):
+    with flagsaver.flagsaver():
+      suite.FLAGS(['mnist_suite', '--methods=slat', '--seeds=0', '--eps=0.1', '--norun',
+                   f'--autoattack_examples={autoattack_examples}',
+                   f'--root={tmp_path / "empty"}', f'--output={output}'])
+      suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+    return json.loads((tmp_path / 'table.json').read_text())['runs']
+
+  assert tabulated_runs(10) == [recorded]
+  assert tabulated_runs(20) == []
 
 
 def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
