@@ -8,7 +8,8 @@ on the first --autoattack_examples test images. Runs whose results exist are not
 an interrupted suite continues where it stopped (--norun only tabulates the finished runs,
 e.g. while the others are still training). Runs recorded in an existing OUTPUT.json with the
 same settings count as finished too, so a suite can be extended on a machine that does not
-hold the earlier run directories (another --output starts afresh). It then writes OUTPUT.json
+hold the earlier run directories (another --output starts afresh), and recorded runs that this
+invocation did not select (other --methods, --eps or --seeds) are kept. It then writes OUTPUT.json
 (every run and the per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD,
 AutoAttack-style worst case, train time and train time relative to `standard`; mean +- std
 over seeds when there are several).
@@ -184,6 +185,8 @@ def run_suite(suite: str, config_prefix: str, default_methods: list[str],
           logging.warning('Not finished, left out: %s', workdir)
           continue
         runs.append(_load(workdir))
+  selected = {os.path.basename(run['workdir']) for run in runs}
+  runs += [run for name, run in recorded.items() if name not in selected]
   rows = summarise(runs)
   os.makedirs(os.path.dirname(output), exist_ok=True)
   with open(output + '.json', 'w') as f:

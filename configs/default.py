@@ -61,6 +61,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       piecewise_boundaries=(0.5, 0.75),  # fractions of training where the LR is multiplied
       piecewise_factor=0.1,
       momentum=0.9,
+      cyclic_momentum_low=0.8,  # SGD momentum at the cyclic LR peak (PyTorch CyclicLR's cycling;
+                                # = momentum for a constant momentum)
       nesterov=False,
       weight_decay=5e-4,
   ))

@@ -49,13 +49,31 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
   return optax.constant_schedule(peak)
 
 
+def momentum_schedule(optim: ml_collections.ConfigDict,
+                      schedule: optax.Schedule) -> optax.Schedule | float:
+  """SGD's momentum: constant `optim.momentum`, except under the cyclic schedule, where it
+  moves against the learning rate from `momentum` at LR 0 to `cyclic_momentum_low` at the
+  peak, as PyTorch's CyclicLR does by default (cycle_momentum=True, 0.9 and 0.8), which the
+  reference codes of SLAT, FGSM-RS and N-FGSM use."""
+  if optim.schedule != 'cyclic' or optim.cyclic_momentum_low == optim.momentum:
+    return optim.momentum
+  high, low, peak = optim.momentum, optim.cyclic_momentum_low, optim.learning_rate
+  return lambda step: high - (high - low) * schedule(step) / peak
+
+
 def make_optimizer(optim: ml_collections.ConfigDict,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum or Adam, with weight decay added to the gradient (as in PyTorch)."""
+  """SGD with momentum (see momentum_schedule) or Adam, with weight decay added to the
+  gradient (as in PyTorch)."""
   if optim.optimizer == 'adam':
     step_rule = optax.adam(schedule)
   else:
-    step_rule = optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)
+    momentum = momentum_schedule(optim, schedule)
+    if callable(momentum):
+      step_rule = optax.inject_hyperparams(optax.sgd, static_args=('nesterov',))(
+          learning_rate=schedule, momentum=momentum, nesterov=optim.nesterov)
+    else:
+      step_rule = optax.sgd(schedule, momentum=momentum, nesterov=optim.nesterov)
   return optax.chain(optax.add_decayed_weights(optim.weight_decay), step_rule)
 
 

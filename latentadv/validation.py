@@ -30,6 +30,7 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'data.source', ('tfds', 'local'))
   _one_of(config, 'model.name', models.MODELS)
   _one_of(config, 'model.dtype', models.DTYPES)
+  _one_of(config, 'model.preact_resnet18.init', models.CONV_INITS)
   _one_of(config, 'method.name', methods.METHODS)
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
@@ -58,6 +59,9 @@ def validate(config: ml_collections.ConfigDict):
     _require(config[section][name] > 0, key, config[section][name], 'a number > 0')
   _require(config.optim.weight_decay >= 0, 'optim.weight_decay', config.optim.weight_decay,
            'a number >= 0')
+  _require(0 <= config.optim.cyclic_momentum_low <= config.optim.momentum,
+           'optim.cyclic_momentum_low', config.optim.cyclic_momentum_low,
+           f'a momentum in [0, optim.momentum = {config.optim.momentum}]')
   _require(0 < config.optim.cyclic_peak < 1, 'optim.cyclic_peak', config.optim.cyclic_peak,
            'a fraction in (0, 1)')
   _require(0 < config.eval.square_p_init <= 1, 'eval.square_p_init', config.eval.square_p_init,

@@ -192,7 +192,7 @@ def test_slat_trains_on_input_and_latent_perturbations_of_the_configured_size():
     grad_x, grad_latent, _ = slat.input_and_latent_gradients(
         lambda x, d: (logits_fn(x, d), state), x, y, zeros)
     x_adv = jnp.clip(x + cfg.alpha * eps * jnp.sign(grad_x), 0, 1)
-    latent = {k: cfg.eps_h * jnp.sign(g) for k, g in grad_latent.items()}
+    latent = {k: slat.latent_radius(config.method) * jnp.sign(g) for k, g in grad_latent.items()}
     def train_loss(x, perturbations):
       return common.train_on(model.apply, params, state, x, y, train_rng, perturbations)[0]
     halved = {k: v / 2 for k, v in latent.items()}

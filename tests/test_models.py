@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from latentadv import models
+from latentadv.models import taps
 
 NUM_CLASSES = 10
 # name -> (tiny options, input shape, expected tap shapes, feature dim, consumer of 'stem').
@@ -226,3 +227,30 @@ def test_wide_resnet_dropout_only_in_train_mode():
   outputs = [apply(variables, x, train=True, mutable='batch_stats',
                    rngs={'dropout': _key(seed)})[0] for seed in (0, 1)]
   assert np.abs(outputs[0] - outputs[1]).max() > 1e-4
+
+
+
+class _TapOnly(nn.Module):
+  """A model that is only the tap 'stem' on its input (B, H, W, C)."""
+
+  @nn.compact
+  def __call__(self, h):
+    return taps.tap(self, 'stem', h)
+
+
+def test_domain_clip_is_straight_through_for_gradients():
+  """As in the SLAT reference code: where the clip binds, the tap's output still passes its
+  gradient unchanged to the feature and to the perturbation."""
+  h = _normal(0, (2, 5, 5, 3))
+  delta = _normal(1, h.shape, scale=10.)
+  weights = _normal(2, h.shape)
+
+  def weighted_output(h, delta):
+    return (weights * _TapOnly().apply({'perturbations': {'stem': delta}}, h)).sum()
+
+  out = _TapOnly().apply({'perturbations': {'stem': delta}}, h)
+  clipped = np.asarray(out != h + delta)
+  assert clipped.mean() > 0.5  # the large perturbation is clipped at most positions
+  grad_h, grad_delta = jax.grad(weighted_output, argnums=(0, 1))(h, delta)
+  np.testing.assert_array_equal(grad_h, weights)
+  np.testing.assert_array_equal(grad_delta, weights)

@@ -11,6 +11,8 @@ Perturbations, without a random start:
   latent l:   delta_l = clip(2 * alpha * eps_h * sign(g_l), -eps_h, eps_h) (= eps_h * sign(g_l)
               for alpha >= 0.5), in raw feature units; the model's tap keeps h_l + delta_l in the
               per-sample, per-channel range of the pass-2 feature map (see models/taps.py).
+              eps_h is the input radius eps unless set: the reference code has one radius for
+              the input and the latent taps.
 Pass 2 trains on the cross-entropy of the perturbed forward only; its BatchNorm statistics are
 kept. By default pass 1's are not (METHODS.md); `clean_pass_updates_bn` keeps them too, as the
 reference code does: pass 1 then runs BatchNorm in train mode and updates the running averages
@@ -23,16 +25,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from ml_collections import config_dict
 
 from latentadv import models
 from latentadv.methods import common
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """alpha: input step as a fraction of eps; eps_h: latent radius; taps: perturbed features;
-  clean_pass_updates_bn: pass 1 updates the BatchNorm running averages (reference code)."""
-  return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=8 / 255, taps=('stem', 'stage1'),
-                                        clean_pass_updates_bn=False))
+  """alpha: input step as a fraction of eps; eps_h: latent radius (None = eps, as the
+  reference code); taps: perturbed features; clean_pass_updates_bn: pass 1 updates the
+  BatchNorm running averages (reference code)."""
+  return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=config_dict.placeholder(float),
+                                        taps=('stem', 'stage1'), clean_pass_updates_bn=False))
+
+
+def latent_radius(config) -> float:
+  """SLAT's latent radius eps_h of `config.method`: config.slat.eps_h, or eps when unset."""
+  return config.eps if config.slat.eps_h is None else config.slat.eps_h
 
 
 def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, jax.Array]:
@@ -66,7 +75,7 @@ def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng:
   is the clean input gradient (B, H, W, C); the model state is pass 1's update of the
   BatchNorm running averages with `clean_pass_updates_bn`, else model_state unchanged.
   """
-  eps, cfg = config.eps, config.slat
+  eps, eps_h, cfg = config.eps, latent_radius(config), config.slat
   zeros = zero_perturbations(apply_fn, {'params': params, **model_state}, x, cfg.taps)
   if cfg.clean_pass_updates_bn:
     def forward_fn(x, deltas):
@@ -80,7 +89,7 @@ def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng:
   grad_x, grad_latent, pass2_state = input_and_latent_gradients(forward_fn, x, labels, zeros)
   delta_x = jnp.clip(cfg.alpha * eps * jnp.sign(grad_x), -eps, eps)
   x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
-  deltas = {name: jnp.clip(2 * cfg.alpha * cfg.eps_h * jnp.sign(g), -cfg.eps_h, cfg.eps_h)
+  deltas = {name: jnp.clip(2 * cfg.alpha * eps_h * jnp.sign(g), -eps_h, eps_h)
             for name, g in grad_latent.items()}
   return (jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x,
           jax.lax.stop_gradient(pass2_state))

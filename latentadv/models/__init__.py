@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from latentadv.models.mnist_cnn import MnistCNN
-from latentadv.models.preact_resnet import PreActResNet18
+from latentadv.models.preact_resnet import CONV_INITS, PreActResNet18
 from latentadv.models.soft_quant import SoftQuantized, has_quantiser, straight_through
 from latentadv.models.taps import COLLECTION
 from latentadv.models.wide_resnet import WideResNet
@@ -22,10 +22,12 @@ MODELS = {
 # Model-specific options of each model as configured by default (config.model.<name>).
 MODEL_DEFAULTS = {
     'mnist_cnn': {'normalize': False},  # raw pixels, as the reference (Wong et al.) model
-    'preact_resnet18': {'width': 64},
+    'preact_resnet18': {'width': 64, 'init': 'torch'},  # 'torch' | 'he' (preact_resnet.py)
     'wide_resnet': {'depth': 28, 'widen_factor': 10, 'dropout': 0.3},
 }
 
+# Config option -> model field, where the option's name would shadow a flax Module method.
+_OPTION_FIELDS = {'init': 'initialization'}
 _COMMON_FIELDS = ('parent', 'name', 'num_classes', 'mean', 'std', 'dtype')
 # Compute dtypes of a model (config.model.dtype); 'bfloat16' is for accelerators.
 DTYPES = ('float32', 'bfloat16')
@@ -45,12 +47,15 @@ def create_model(name: str, options: Mapping, *, num_classes: int, mean: Sequenc
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; valid models: {", ".join(sorted(MODELS))}.')
   cls = MODELS[name]
-  valid = sorted(f.name for f in dataclasses.fields(cls) if f.name not in _COMMON_FIELDS)
+  option_of_field = {field: option for option, field in _OPTION_FIELDS.items()}
+  valid = sorted(option_of_field.get(f.name, f.name) for f in dataclasses.fields(cls)
+                 if f.name not in _COMMON_FIELDS)
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f'Unknown options {unknown} for model {name!r}; valid options: {valid}.')
+  fields = {_OPTION_FIELDS.get(option, option): value for option, value in options.items()}
   model = cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), dtype=jnp.dtype(dtype),
-              **options)
+              **fields)
   if soft_quant and soft_quant['levels'] > 0:
     return SoftQuantized(model, **soft_quant)
   return model

@@ -15,8 +15,12 @@ OUTPUTS = ('logits', 'features')
 
 
 # PyTorch's default initialisation of nn.Conv2d / nn.Linear: weights and biases uniform in
-# +-1/sqrt(fan_in). Models ported from PyTorch code that relies on it (the MNIST CNN) use it.
+# +-1/sqrt(fan_in) (variance 1 / (3 fan_in)). Models ported from PyTorch code that relies on it
+# (the MNIST CNN, the PreActResNet-18 of fast_adversarial and SLAT) use it.
 torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+# He-normal fan-out initialisation (variance 2 / fan_out), as in the reference WideResNet
+# (TRADES) and torchvision ResNets.
+he_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def torch_bias_init(fan_in: int):
@@ -24,6 +28,11 @@ def torch_bias_init(fan_in: int):
   bound = fan_in ** -0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
                                                                    bound)
+
+
+def torch_dense_init(fan_in: int) -> dict:
+  """kernel_init and bias_init of a PyTorch-default-initialised layer with `fan_in` inputs."""
+  return {'kernel_init': torch_kernel_init, 'bias_init': torch_bias_init(fan_in)}
 
 
 def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latentadv.models.common import normalize, readout, torch_bias_init, torch_kernel_init
+from latentadv.models.common import normalize, readout, torch_dense_init
 from latentadv.models.taps import tap
 
 _PAD1 = ((1, 1), (1, 1))
@@ -37,16 +37,12 @@ class MnistCNN(nn.Module):
     del train
     h = normalize(x, self.mean, self.std) if self.normalize else x
     h = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1', dtype=self.dtype,
-                        **_torch_init(4 * 4 * x.shape[-1]))(h))
+                        **torch_dense_init(4 * 4 * x.shape[-1]))(h))
     h = tap(self, 'stem', h)
     h = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2', dtype=self.dtype,
-                        **_torch_init(4 * 4 * 16))(h))
+                        **torch_dense_init(4 * 4 * 16))(h))
     h = tap(self, 'stage1', h)
     h = h.reshape((h.shape[0], -1))
-    h = nn.relu(nn.Dense(100, name='fc', dtype=self.dtype, **_torch_init(h.shape[-1]))(h))
-    return readout(h, self.num_classes, output, dtype=self.dtype, **_torch_init(100))
+    h = nn.relu(nn.Dense(100, name='fc', dtype=self.dtype, **torch_dense_init(h.shape[-1]))(h))
+    return readout(h, self.num_classes, output, dtype=self.dtype, **torch_dense_init(100))
 
-
-def _torch_init(fan_in: int) -> dict:
-  """kernel_init and bias_init of a PyTorch-default-initialised layer with `fan_in` inputs."""
-  return {'kernel_init': torch_kernel_init, 'bias_init': torch_bias_init(fan_in)}

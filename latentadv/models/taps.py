@@ -2,10 +2,11 @@
 
 A tap is the identity unless the caller passes a ``perturbations`` collection that holds a
 tensor of the tap's name. Then the tap adds it and keeps the result inside the per-sample,
-per-channel value range of the feature map (the SLAT domain clip). The clip is written with
-strict inequalities so that at a zero perturbation the tap's derivative with respect to both
-the feature and the perturbation is exactly the identity: gradients read at delta = 0 are the
-plain feature gradients, from the same backward pass as the input gradient.
+per-channel value range of the feature map (the SLAT domain clip). As in the SLAT reference
+code, the clip is straight-through for gradients: the tap's derivative with respect to both
+the feature and the perturbation is the identity everywhere, clipped or not. So gradients read
+at delta = 0 are the plain feature gradients, from the same backward pass as the input
+gradient, and a clipped feature still passes its gradient on to the weights below it.
 
 Perturbations are float32 whatever the model's compute dtype: a perturbed tap adds and clips
 in float32 (a bfloat16 feature map is upcast; the next layer casts back to its dtype).
@@ -19,7 +20,8 @@ COLLECTION = 'perturbations'
 
 
 def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
-  """Returns `h` (B, ..., C) plus the perturbation `name`, clipped to h's per-channel range.
+  """Returns `h` (B, ..., C) plus the perturbation `name`, clipped to h's per-channel range
+  over the spatial positions (per sample), with the identity as the clip's gradient.
 
   During `init` (all collections mutable) a float32 zero perturbation of h's shape is created
   so that `jax.eval_shape` of an `apply(..., mutable=[COLLECTION])` reports every tap's shape.
@@ -35,6 +37,8 @@ def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
   spatial_axes = tuple(range(1, h.ndim - 1))
   if not spatial_axes:
     return moved
-  low = jax.lax.stop_gradient(h.min(axis=spatial_axes, keepdims=True))
-  high = jax.lax.stop_gradient(h.max(axis=spatial_axes, keepdims=True))
-  return jnp.where(moved < low, low, jnp.where(moved > high, high, moved))
+  low = h.min(axis=spatial_axes, keepdims=True)
+  high = h.max(axis=spatial_axes, keepdims=True)
+  # The clipped value exactly, with the gradient of `moved` (moved - moved is exactly 0).
+  return jax.lax.stop_gradient(jnp.clip(moved, low, high)) + (
+      moved - jax.lax.stop_gradient(moved))

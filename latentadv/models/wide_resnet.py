@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latentadv.models.common import normalize, readout
+from latentadv.models.common import normalize, readout, torch_kernel_init
 from latentadv.models.preact_resnet import BatchNorm, PreActBlock, conv3x3
 from latentadv.models.taps import tap
 
@@ -18,6 +18,10 @@ class WideResNet(nn.Module):
   pre-activation block with dropout between its convolutions. Taps: 'stem' (B, H, W, 16),
   'stage1' (B, H, W, 16 k), 'stage2' (B, H/2, W/2, 32 k), 'stage3'; features (B, 64 k).
   `dtype` is the compute dtype (models/common.py); params and outputs are float32.
+
+  Initialised as the reference WideResNet of TRADES (which SLAT's code also uses): He-normal
+  fan-out convolutions (variance 2 / (kh kw C_out)), BatchNorm scale 1 and bias 0, the head's
+  kernel PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and its bias 0.
   """
   num_classes: int
   mean: tuple[float, ...]
@@ -46,4 +50,5 @@ class WideResNet(nn.Module):
                         name=f'stage{group}_block{block + 1}')(h, train)
       h = tap(self, f'stage{group}', h)
     h = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name='final_bn')(h))
-    return readout(h.mean(axis=(1, 2)), self.num_classes, output, dtype=self.dtype)
+    return readout(h.mean(axis=(1, 2)), self.num_classes, output, dtype=self.dtype,
+                   kernel_init=torch_kernel_init)
