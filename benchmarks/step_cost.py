@@ -31,30 +31,48 @@ from latentadv import state as state_lib
 from latentadv import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('model', 'mnist_cnn', 'Model registry name.')
-flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
-flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
-flags.DEFINE_integer('steps_per_round', 5, 'Steps timed back to back per method and round.')
-flags.DEFINE_string('output', None, 'Where to write the JSON results.')
-flags.DEFINE_integer('width', 0, 'PreActResNet width (0 = the config default of 64).')
 
 
-def make_config(method: str):
+def define_flags():
+  """Defines this script's flags; called only when it runs as a script, so that other
+  benchmarks (vs_pytorch.py) can import its helpers and define flags of the same names."""
+  flags.DEFINE_string('model', 'mnist_cnn', 'Model registry name.')
+  flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+  flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
+  flags.DEFINE_integer('steps_per_round', 5, 'Steps timed back to back per method and round.')
+  flags.DEFINE_string('output', None, 'Where to write the JSON results.')
+  flags.DEFINE_integer('width', 0, 'PreActResNet width (0 = the config default of 64).')
+
+
+def make_config(method: str, model: str, width: int, batch_size: int):
   """The config file of `method` for the model's dataset (configs/mnist_<method>.py for
-  mnist_cnn, else configs/cifar_<method>.py), with the model, width and batch size set."""
-  dataset = 'mnist' if FLAGS.model == 'mnist_cnn' else 'cifar'
+  mnist_cnn, else configs/cifar_<method>.py), with the model, width (0 = the config's) and
+  batch size set."""
+  dataset = 'mnist' if model == 'mnist_cnn' else 'cifar'
   config = importlib.import_module(f'configs.{dataset}_{method}').get_config()
-  config.model.name = FLAGS.model
-  if FLAGS.width:
-    config.model.preact_resnet18.width = FLAGS.width
+  config.model.name = model
+  if width:
+    config.model.preact_resnet18.width = width
   config.method.name = method
-  config.optim.batch_size = FLAGS.batch_size
+  config.optim.batch_size = batch_size
   return config
 
 
-def compiled_step(method: str, mesh, images, labels):
-  """(jitted step, state, batch) for `method`, compiled and run once."""
-  config = make_config(method)
+def random_batch(config, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Fixed random images (batch_size, H, W, C) in [0, 1] of the config's dataset shape and
+  int32 labels (batch_size,) in [0, 10)."""
+  shape = data.DATASETS[config.data.name].image_shape
+  rng = np.random.default_rng(0)
+  images = rng.random((batch_size, *shape), dtype=np.float32)
+  labels = rng.integers(0, 10, batch_size).astype(np.int32)
+  return images, labels
+
+
+def compiled_step(config, mesh, images, labels):
+  """(jitted step, state, batch, rng) of the method config.method.name as `config` sets it up
+  (model, augmentation, optimizer), for images (B, H, W, C) and labels (B,); compiled and run
+  once."""
+  method = config.method.name
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 1000)
   tx = state_lib.make_optimizer(config.optim, schedule)
@@ -72,31 +90,36 @@ def compiled_step(method: str, mesh, images, labels):
   return step, state, batch, rng
 
 
+def time_steps(entry: list, steps: int) -> float:
+  """Seconds per step of `steps` back-to-back steps of entry = [step, state, batch, rng] (a
+  compiled_step result as a list), blocking on the results; entry[1] becomes the new state."""
+  step, state, batch, rng = entry
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch, rng)
+  jax.block_until_ready((state, metrics))
+  entry[1] = state
+  return (time.perf_counter() - start) / steps
+
+
 def main(argv):
   del argv
   mesh = parallel.make_mesh()
-  config = make_config('standard')
-  shape = data.DATASETS[config.data.name].image_shape
-  rng = np.random.default_rng(0)
-  images = rng.random((FLAGS.batch_size, *shape), dtype=np.float32)
-  labels = rng.integers(0, 10, FLAGS.batch_size).astype(np.int32)
-  steps = {name: list(compiled_step(name, mesh, images, labels)) for name in methods.METHODS}
+  configs = {name: make_config(name, FLAGS.model, FLAGS.width, FLAGS.batch_size)
+             for name in methods.METHODS}
+  images, labels = random_batch(configs['standard'], FLAGS.batch_size)
+  steps = {name: list(compiled_step(config, mesh, images, labels))
+           for name, config in configs.items()}
   times = {name: [] for name in methods.METHODS}
   for _ in range(FLAGS.rounds):
     for name, entry in steps.items():
-      step, state, batch, rng_key = entry
-      start = time.perf_counter()
-      for _ in range(FLAGS.steps_per_round):
-        state, metrics = step(state, batch, rng_key)
-      jax.block_until_ready((state, metrics))
-      times[name].append((time.perf_counter() - start) / FLAGS.steps_per_round)
-      entry[1] = state
+      times[name].append(time_steps(entry, FLAGS.steps_per_round))
   medians = {name: statistics.median(t) for name, t in times.items()}
   results = {
       'model': FLAGS.model, 'batch_size': FLAGS.batch_size, 'devices': jax.device_count(),
       'backend': jax.default_backend(), 'rounds': FLAGS.rounds,
       'steps_per_round': FLAGS.steps_per_round,
-      'model_options': make_config('standard').model[FLAGS.model].to_dict(),
+      'model_options': configs['standard'].model[FLAGS.model].to_dict(),
       'methods': {name: {'seconds': s, 'relative': s / medians['standard']}
                   for name, s in medians.items()},
   }
@@ -109,4 +132,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -33,6 +33,7 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'model.preact_resnet18.init', models.CONV_INITS)
   _one_of(config, 'method.name', methods.METHODS)
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
+  _one_of(config, 'method.slat.eps_h_scale', methods.slat.EPS_H_SCALES)
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
   _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
   _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))

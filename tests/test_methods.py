@@ -212,3 +212,38 @@ def test_slat_rejects_unknown_taps():
   with pytest.raises(ValueError, match='stage9'):
     slat.zero_perturbations(model.apply, {'params': params, **state}, batch['image'],
                             ('stem', 'stage9'))
+
+
+@pytest.mark.parametrize('eps, eps_h, expected', [(16 / 255, None, 16 / 255),
+                                                  (16 / 255, 8 / 255, 8 / 255)])
+def test_slat_latent_radius_is_eps_unless_set(eps, eps_h, expected):
+  """As the reference code's one radius for the input and the taps: eps_h = eps by default."""
+  config, model, params, state, batch = _setup(method='slat')
+  config.method.eps, config.method.slat.eps_h = eps, eps_h
+  assert slat.latent_radius(config.method) == expected
+  _, deltas, _, _ = jax.jit(lambda p: slat.perturb(model.apply, p, state, batch['image'],
+                                                   batch['label'], jax.random.key(0),
+                                                   config.method))(params)
+  for delta in deltas.values():
+    np.testing.assert_allclose(np.abs(np.asarray(delta)).max(), expected, rtol=1e-6)
+
+
+def test_slat_feature_std_radius_is_eps_h_times_the_channel_std_over_the_reference():
+  """eps_h_scale='feature_std': the latent step at channel c of a tap is
+  eps_h * std_c / reference_feature_std, std_c that of the clean feature map (train-mode BN,
+  as pass 1 runs by default) over the batch and spatial positions."""
+  config, model, params, state, batch = _setup(method='slat')
+  cfg = config.method.slat
+  cfg.eps_h_scale, cfg.reference_feature_std = 'feature_std', 0.4
+  _, deltas, _, _ = jax.jit(lambda p: slat.perturb(model.apply, p, state, batch['image'],
+                                                   batch['label'], jax.random.key(0),
+                                                   config.method))(params)
+  _, captured = model.apply({'params': params, **state}, batch['image'], train=True,
+                            capture_intermediates=True, mutable=['batch_stats', 'intermediates'])
+  producers = {'stem': 'stem_conv', 'stage1': 'stage1_block2'}  # models/preact_resnet.py
+  for tap, producer in producers.items():
+    std = np.asarray(captured['intermediates'][producer]['__call__'][0]).std(axis=(0, 1, 2))
+    expected = slat.latent_radius(config.method) * std / 0.4
+    np.testing.assert_allclose(np.abs(np.asarray(deltas[tap])).max(axis=(0, 1, 2)), expected,
+                               rtol=1e-4)
+    assert expected.max() / expected.min() > 1.05  # the channels' radii really differ

@@ -51,6 +51,8 @@ def test_every_config_file_and_preset_is_valid(path, preset):
     ('data.name', 'imagenet', 'config.data.name'),
     ('optim.batch_size', 0, 'config.optim.batch_size'),
     ('method.slat.eps_h', -1.0, 'config.method.slat.eps_h'),
+    ('model.preact_resnet18.init', 'xavier', 'config.model.preact_resnet18.init'),
+    ('optim.cyclic_momentum_low', 0.95, 'config.optim.cyclic_momentum_low'),
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
   config = default.get_config()
@@ -83,6 +85,35 @@ def test_cyclic_schedule_peaks_at_forty_percent_and_ends_at_zero():
   assert float(schedule(400)) == pytest.approx(0.2)
   assert float(schedule(200)) == pytest.approx(0.1)
   assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cyclic_schedule_cycles_sgd_momentum_as_pytorch_cycliclr():
+  """Momentum 0.9 at LR 0, 0.8 at the peak, linear against the LR in between; the SGD update
+  is PyTorch's (buffer = momentum * buffer + g, step = -lr * buffer) with that momentum."""
+  optim = default.get_config().optim
+  schedule = state_lib.learning_rate_schedule(optim, 10)  # peak at step 4
+  momentum = state_lib.momentum_schedule(optim, schedule)
+  assert [float(momentum(s)) for s in (0, 2, 4, 7, 10)] == pytest.approx(
+      [0.9, 0.85, 0.8, 0.85, 0.9])
+  optim.weight_decay = 0.0
+  tx = state_lib.make_optimizer(optim, schedule)
+  params, grads = np.float32(1.0), [np.float32(g) for g in (1.0, 2.0, -1.0, 3.0)]
+  opt_state, buffer, updates = tx.init(params), 0.0, []
+  for step, g in enumerate(grads):
+    update, opt_state = tx.update(g, opt_state, params)
+    buffer = float(momentum(step)) * buffer + g
+    updates.append((float(update), -float(schedule(step)) * buffer))
+  assert [u for u, _ in updates] == pytest.approx([e for _, e in updates], rel=1e-6)
+  assert float(schedule(3)) > 0 and updates[3][0] != 0
+
+
+def test_momentum_is_constant_without_the_cyclic_schedule_or_when_asked():
+  config = default.get_config()
+  config.optim.cyclic_momentum_low = config.optim.momentum
+  assert state_lib.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
+  config = default.get_config()
+  config.optim.schedule = 'piecewise'
+  assert state_lib.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
 
 
 def test_piecewise_schedule_decays_at_the_boundaries():

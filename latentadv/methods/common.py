@@ -21,20 +21,23 @@ Variables = Mapping[str, Any]
 
 
 def forward(apply_fn: Callable, params, model_state, x: jax.Array, rng: jax.Array, *,
-            train: bool, perturbations: Mapping[str, jax.Array] | None = None):
+            train: bool, perturbations: Mapping[str, jax.Array] | None = None,
+            capture: tuple[str, ...] = ()):
   """Runs the model on x (B, H, W, C); returns (logits (B, K), new model_state).
 
   In train mode BatchNorm uses batch statistics and the returned state holds the updated
   running averages; in eval mode it uses the running averages and the state is unchanged.
-  `perturbations` adds a tensor at each named latent tap.
+  `perturbations` adds a tensor at each named latent tap. `capture` names collections the
+  model writes during the pass (e.g. taps.FEATURE_STD); they are returned in the new state,
+  for the caller to take out.
   """
   variables = {'params': params, **model_state}
   if perturbations:
     variables[taps.COLLECTION] = perturbations
-  if not train:
+  if not train and not capture:
     return apply_fn(variables, x, train=False), model_state
-  logits, updates = apply_fn(variables, x, train=True, mutable=list(model_state),
-                             rngs={'dropout': rng})
+  mutable = [*capture, *(model_state if train else ())]
+  logits, updates = apply_fn(variables, x, train=train, mutable=mutable, rngs={'dropout': rng})
   return logits, {**model_state, **updates}
 
 

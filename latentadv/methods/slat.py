@@ -13,6 +13,10 @@ Perturbations, without a random start:
               per-sample, per-channel range of the pass-2 feature map (see models/taps.py).
               eps_h is the input radius eps unless set: the reference code has one radius for
               the input and the latent taps.
+              Beyond the paper, `eps_h_scale='feature_std'` makes the radius scale-free: per
+              channel c, eps_h * std_c / reference_feature_std, with std_c the standard
+              deviation of the clean tapped feature map over the batch and spatial positions
+              (recorded by the taps in pass 1, a constant for differentiation).
 Pass 2 trains on the cross-entropy of the perturbed forward only; its BatchNorm statistics are
 kept. By default pass 1's are not (METHODS.md); `clean_pass_updates_bn` keeps them too, as the
 reference code does: pass 1 then runs BatchNorm in train mode and updates the running averages
@@ -29,14 +33,24 @@ from ml_collections import config_dict
 
 from latentadv import models
 from latentadv.methods import common
+from latentadv.models import taps
+
+
+# Radius scales of the latent step (config.method.slat.eps_h_scale).
+EPS_H_SCALES = ('absolute', 'feature_std')
 
 
 def default_config() -> ml_collections.ConfigDict:
   """alpha: input step as a fraction of eps; eps_h: latent radius (None = eps, as the
   reference code); taps: perturbed features; clean_pass_updates_bn: pass 1 updates the
-  BatchNorm running averages (reference code)."""
+  BatchNorm running averages (reference code); eps_h_scale: 'absolute' (the paper: eps_h in
+  raw feature units) or 'feature_std' (eps_h * std_c / reference_feature_std per channel c of
+  the clean tapped feature map; the reference 0.57 is the mean per-channel std of the `stem` and
+  `stage1` features of the PyTorch-initialised PreActResNet-18 on CIFAR-10, so the two scales
+  agree on average at that initialisation)."""
   return ml_collections.ConfigDict(dict(alpha=0.9, eps_h=config_dict.placeholder(float),
-                                        taps=('stem', 'stage1'), clean_pass_updates_bn=False))
+                                        taps=('stem', 'stage1'), clean_pass_updates_bn=False,
+                                        eps_h_scale='absolute', reference_feature_std=0.57))
 
 
 def latent_radius(config) -> float:
@@ -57,14 +71,13 @@ def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, ja
 def input_and_latent_gradients(forward_fn, x: jax.Array, labels: jax.Array, deltas):
   """Gradients of the summed CE w.r.t. x (B, H, W, C) and each tap delta, from one vjp.
 
-  forward_fn(x, deltas) -> (logits (B, K), model_state); returns (grad_x, grad_deltas,
-  model_state).
+  forward_fn(x, deltas) -> (logits (B, K), aux); returns (grad_x, grad_deltas, aux).
   """
   def summed_loss(x, deltas):
-    logits, model_state = forward_fn(x, deltas)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(), model_state
-  _, pullback, model_state = jax.vjp(summed_loss, x, deltas, has_aux=True)
-  return (*pullback(jnp.ones(())), model_state)
+    logits, aux = forward_fn(x, deltas)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(), aux
+  _, pullback, aux = jax.vjp(summed_loss, x, deltas, has_aux=True)
+  return (*pullback(jnp.ones(())), aux)
 
 
 def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng: jax.Array,
@@ -75,22 +88,27 @@ def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng:
   is the clean input gradient (B, H, W, C); the model state is pass 1's update of the
   BatchNorm running averages with `clean_pass_updates_bn`, else model_state unchanged.
   """
-  eps, eps_h, cfg = config.eps, latent_radius(config), config.slat
+  eps, cfg = config.eps, config.slat
   zeros = zero_perturbations(apply_fn, {'params': params, **model_state}, x, cfg.taps)
-  if cfg.clean_pass_updates_bn:
-    def forward_fn(x, deltas):
-      return common.forward(apply_fn, params, model_state, x, rng, train=True,
-                            perturbations=deltas)
-  else:
-    logits_fn = common.attack_forward(apply_fn, params, model_state, rng, config.attack_bn)
+  capture = (taps.FEATURE_STD,) if cfg.eps_h_scale == 'feature_std' else ()
 
-    def forward_fn(x, deltas):
-      return logits_fn(x, deltas), model_state
-  grad_x, grad_latent, pass2_state = input_and_latent_gradients(forward_fn, x, labels, zeros)
+  def forward_fn(x, deltas):
+    logits, state = common.forward(
+        apply_fn, params, model_state, x, rng, perturbations=deltas, capture=capture,
+        train=cfg.clean_pass_updates_bn or config.attack_bn == 'train')
+    feature_std = state.pop(taps.FEATURE_STD, {})
+    return logits, (state if cfg.clean_pass_updates_bn else model_state, feature_std)
+
+  grad_x, grad_latent, (pass2_state, feature_std) = input_and_latent_gradients(
+      forward_fn, x, labels, zeros)
   delta_x = jnp.clip(cfg.alpha * eps * jnp.sign(grad_x), -eps, eps)
   x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
-  deltas = {name: jnp.clip(2 * cfg.alpha * eps_h * jnp.sign(g), -eps_h, eps_h)
-            for name, g in grad_latent.items()}
+  deltas = {}
+  for name, g in grad_latent.items():
+    radius = latent_radius(config)
+    if cfg.eps_h_scale == 'feature_std':
+      radius = radius * feature_std[name] / cfg.reference_feature_std
+    deltas[name] = jnp.clip(2 * cfg.alpha * radius * jnp.sign(g), -radius, radius)
   return (jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x,
           jax.lax.stop_gradient(pass2_state))
 

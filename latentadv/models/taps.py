@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 COLLECTION = 'perturbations'
+# When a caller makes this collection mutable, every tap records there the per-channel
+# standard deviation (C,) of its unperturbed feature map over the batch and spatial positions.
+FEATURE_STD = 'feature_std'
 
 
 def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
@@ -25,10 +28,15 @@ def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
 
   During `init` (all collections mutable) a float32 zero perturbation of h's shape is created
   so that `jax.eval_shape` of an `apply(..., mutable=[COLLECTION])` reports every tap's shape.
-  A perturbed tap returns float32; an unperturbed one returns h unchanged.
+  A perturbed tap returns float32; an unperturbed one returns h unchanged. With FEATURE_STD
+  mutable (not during init), the tap also records h's per-channel standard deviation, a
+  constant for differentiation.
   """
   if module.is_mutable_collection(COLLECTION):
     module.variable(COLLECTION, name, jnp.zeros, h.shape, jnp.float32)
+  if module.is_mutable_collection(FEATURE_STD) and not module.is_initializing():
+    module.put_variable(FEATURE_STD, name, jax.lax.stop_gradient(
+        h.astype(jnp.float32).std(axis=tuple(range(h.ndim - 1)))))
   if not module.has_variable(COLLECTION, name):
     return h
   delta = module.get_variable(COLLECTION, name)
