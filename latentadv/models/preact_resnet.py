@@ -15,8 +15,9 @@ from latentadv.models.taps import tap
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here); scale 1, bias 0.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 # The convolutions' initialisation by name (config.model.preact_resnet18.init): 'torch' is
-# PyTorch's default, which the reference PreActResNet-18 (fast_adversarial, SLAT, GradAlign,
-# N-FGSM) keeps; 'he' is He-normal fan-out, six times its variance for a 3x3 stage conv.
+# PyTorch's default, which the reference PreActResNet-18 (fast_adversarial, SLAT, N-FGSM)
+# keeps; 'he' is He-normal fan-out (GradAlign's code), six times its variance for a 3x3 stage
+# conv.
 CONV_INITS = {'torch': torch_kernel_init, 'he': he_kernel_init}
 
 Initializer = Callable[..., jax.Array]
