@@ -81,7 +81,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
-      suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, square, bpda, autoattack
+      suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, fab-t, square, bpda, autoattack
       batch_size=500,
       n_examples=0,           # final evaluation on the first n test examples (0 = all)
       pgd_steps=50,
@@ -91,6 +91,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       apgd_steps=100,         # APGD-CE and APGD-T iterations (AutoAttack standard: 100)
       apgd_restarts=1,
       apgd_targets=9,         # APGD-T target classes (runs)
+      fab_steps=100,          # FAB-T iterations per run (AutoAttack standard: 100)
+      fab_restarts=1,         # FAB-T runs per target; restarts after the first start randomly
+      fab_targets=9,          # FAB-T target classes
       square_queries=5000,
       square_p_init=0.8,
       periodic_n_examples=1000,
@@ -140,6 +143,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     config.eval.n_examples = 256
     config.eval.pgd_steps = 5
     config.eval.pgd_restarts = 2
+    config.eval.fab_steps = 5
     config.eval.periodic_n_examples = 128
     config.eval.periodic_pgd_steps = 3
   elif preset == 'cpu':

@@ -1,7 +1,7 @@
 """The robustness evaluator: clean accuracy and the worst case over a suite of attacks.
 
-An attack suite is a sequence of attacks; each runs `runs` times (restarts, or APGD-T's
-targets) and every run attacks only the examples still robust, so a strong early attack
+An attack suite is a sequence of attacks; each runs `runs` times (restarts, or the targets of
+APGD-T and FAB-T) and every run attacks only the examples still robust, so a strong early attack
 makes the later ones cheap. An example is robust only if no run of any attack fooled it.
 
 Suites (`config.eval.suite`):
@@ -10,12 +10,15 @@ Suites (`config.eval.suite`):
   apgd-ce     APGD with cross-entropy (eval.apgd_steps, eval.apgd_restarts).
   apgd-t      APGD-T with the targeted DLR loss, one run per target (eval.apgd_targets).
   square      Square attack (eval.square_queries, eval.square_p_init): no gradients.
+  fab-t       FAB-T, minimal L-inf perturbations towards each target (eval.fab_targets, with
+              eval.fab_steps steps and eval.fab_restarts restarts each); an example is fooled
+              only if the point found is within eps and misclassified once re-evaluated.
   bpda        PGD through the model's straight-through surrogate (BPDA): for models whose
               input layer masks gradients (the soft quantiser); the same as `pgd` otherwise.
-  autoattack  apgd-ce -> apgd-t -> square, each on the points still robust: a JAX port of
-              AutoAttack's "standard" version WITHOUT FAB-T (not implemented). For a model
-              with a soft quantiser the gradient attacks differentiate the straight-through
-              surrogate (BPDA), as they must.
+  autoattack  apgd-ce -> apgd-t -> fab-t -> square, each on the points still robust: a JAX
+              port of AutoAttack's "standard" version. For a model with a soft quantiser the
+              gradient attacks differentiate the straight-through surrogate (BPDA), as they
+              must.
 
 Every process holds all examples and runs the same host loop (the same examples in the same
 batches, in the same order), so results are identical on every process; each global batch
@@ -29,7 +32,9 @@ Library: `Evaluator`, `from_config`, `load_model(workdir)`.
 Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.suite=autoattack ...]`
 evaluates the latest checkpoint in DIR with the config saved there (overridable) and writes
 `DIR/eval_<suite>.json` (accuracies, settings, n examples, seconds) and `DIR/eval_<suite>.npz`
-(per example: index, label, correct, robust, fooled_by_<attack>).
+(per example: index, label, correct, robust, fooled_by_<attack>, and for FAB-T fab_linf_norm:
+the smallest L-inf norm of the adversarial points its runs found, inf where they found none
+or where FAB-T never ran because the point was misclassified or fooled by an earlier attack).
 """
 
 import dataclasses
@@ -55,24 +60,29 @@ from latentadv import state as state_lib
 from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
+from latentadv.attacks import fab
 from latentadv.attacks import pgd
 from latentadv.attacks import square
 
-# fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool; run is a traced int32.
-FooledFn = Callable[..., jax.Array]
+# fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool, or (fooled (B,) bool,
+# L-inf norm (B,)) for an attack with a norm_key; run is a traced int32.
+FooledFn = Callable[..., jax.Array | tuple[jax.Array, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Attack:
   """One attack of a suite: `runs` calls of `fooled`, each with its own key and run index.
 
-  `straight_through` makes the attack differentiate the model's BPDA surrogate.
+  `straight_through` makes the attack differentiate the model's BPDA surrogate. With a
+  `norm_key`, `fooled` also returns the L-inf norm of the adversarial point each example got
+  (inf if none), and the evaluator stores the smallest over the runs under that key.
   """
   name: str
   runs: int
   fooled: FooledFn
   settings: dict
   straight_through: bool = False
+  norm_key: str = ''
 
 
 def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
@@ -113,7 +123,20 @@ def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
       return square.square(logits_fn, x, y, rng, eps=eps, n_queries=settings['queries'],
                            p_init=settings['p_init'])[1]
     return Attack(name, 1, fooled, settings)
-  raise ValueError(f'Unknown attack {name!r}; valid: pgd, bpda, apgd-ce, apgd-t, square.')
+  if name == 'fab-t':
+    settings = dict(steps=eval_config.fab_steps, targets=eval_config.fab_targets,
+                    restarts=eval_config.fab_restarts)
+
+    def fooled(logits_fn, x, y, rng, run):
+      restarts = settings['restarts']
+      x_adv, norm = fab.fab_targeted_run(logits_fn, x, y, rng, run // restarts, eps=eps,
+                                         steps=settings['steps'],
+                                         random_start=run % restarts > 0)
+      return fab.fooled_within(logits_fn, x, y, x_adv, eps), norm
+    return Attack(name, eval_config.fab_targets * eval_config.fab_restarts, fooled, settings,
+                  straight_through, norm_key='fab_linf_norm')
+  raise ValueError(f'Unknown attack {name!r}; valid: pgd, bpda, apgd-ce, apgd-t, fab-t, '
+                   'square.')
 
 
 def suite_attacks(suite: str, eval_config: ml_collections.ConfigDict, eps: float, *,
@@ -147,23 +170,25 @@ class Evaluator:
     surrogate_apply_fn = surrogate_apply_fn or apply_fn
 
     def correct(variables, image, label):
-      return apply_fn(variables, image, train=False).argmax(-1) == label
+      return (apply_fn(variables, image, train=False).argmax(-1) == label,)
 
     def fooled_fn(attack):
       attacked_apply = surrogate_apply_fn if attack.straight_through else apply_fn
 
       def fooled(variables, image, label, rng, run):
         logits_fn = functools.partial(attacked_apply, variables, train=False)
-        return attack.fooled(logits_fn, image, label, rng, run)
+        outputs = attack.fooled(logits_fn, image, label, rng, run)
+        return outputs if attack.norm_key else (outputs,)
       return jax.jit(fooled, out_shardings=replicated)
 
     self._correct = jax.jit(correct, out_shardings=replicated)
     self._fooled = [fooled_fn(attack) for attack in self.attacks]
 
   def _map_batches(self, fn, indices: np.ndarray, images: np.ndarray, labels: np.ndarray
-                   ) -> np.ndarray:
-    """fn(image, label, batch_number) -> (B,) bool over `indices`, in padded global batches."""
-    out = np.zeros(len(indices), bool)
+                   ) -> list[np.ndarray]:
+    """fn(image, label, batch_number) -> a tuple of (B,) arrays, over `indices` in padded
+    global batches; returns its arrays for all of `indices`, (len(indices),) each."""
+    parts = []
     size = self._batch_size
     for number, start in enumerate(range(0, len(indices), size)):
       chunk = indices[start:start + size]
@@ -171,9 +196,9 @@ class Evaluator:
       padded = np.concatenate([chunk, np.full(padded_size - len(chunk), chunk[0])])
       batch = parallel.shard_batch({'image': images[padded], 'label': labels[padded]},
                                    self._mesh)
-      out[start:start + len(chunk)] = np.asarray(
-          fn(batch['image'], batch['label'], number))[:len(chunk)]
-    return out
+      parts.append([np.asarray(a)[:len(chunk)]
+                    for a in fn(batch['image'], batch['label'], number)])
+    return [np.concatenate(arrays) for arrays in zip(*parts)]
 
   def evaluate(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array
                ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -182,14 +207,15 @@ class Evaluator:
     Returns (record, per_example). record: clean_accuracy, robust_accuracy (worst case over
     all attacks), <attack>_accuracy (robust accuracy after that attack and those before it),
     n_examples, eps, seconds and per attack its settings and seconds. per_example: index,
-    label, correct, robust, fooled_by_<attack> — (N,) arrays. Every process passes the same
-    arrays and gets the same results.
+    label, correct, robust, fooled_by_<attack> and each attack's norm_key (fab_linf_norm:
+    the smallest L-inf norm its runs found, inf where none ran or none found one) — (N,)
+    arrays. Every process passes the same arrays and gets the same results.
     """
     start = time.perf_counter()
     n = len(labels)
     variables = jax.device_put(variables, parallel.replicated(self._mesh))
-    correct = self._map_batches(lambda x, y, _: self._correct(variables, x, y),
-                                np.arange(n), images, labels)
+    correct, = self._map_batches(lambda x, y, _: self._correct(variables, x, y),
+                                 np.arange(n), images, labels)
     robust = correct.copy()
     record = {'clean_accuracy': float(correct.mean()), 'n_examples': n, 'eps': self.eps,
               'attacks': {}}
@@ -197,20 +223,25 @@ class Evaluator:
     for a, (attack, fooled_fn) in enumerate(zip(self.attacks, self._fooled)):
       attack_start = time.perf_counter()
       fooled_by = np.zeros(n, bool)
+      norm = np.full(n, np.inf, np.float32)
       for run in range(attack.runs):
         remaining = np.flatnonzero(robust)
         if not len(remaining):
           break
         run_rng = jax.random.fold_in(jax.random.fold_in(rng, a), run)
-        fooled = self._map_batches(
+        fooled, *run_norm = self._map_batches(
             lambda x, y, number: fooled_fn(variables, x, y, jax.random.fold_in(run_rng, number),
                                            run),
             remaining, images, labels)
+        if run_norm:
+          norm[remaining] = np.minimum(norm[remaining], run_norm[0])
         fooled_by[remaining[fooled]] = True
         robust[remaining[fooled]] = False
         logging.info('%s run %d/%d: %d of %d examples still robust (%.0f s).', attack.name,
                      run + 1, attack.runs, robust.sum(), n, time.perf_counter() - attack_start)
       per_example[f'fooled_by_{attack.name}'] = fooled_by
+      if attack.norm_key:
+        per_example[attack.norm_key] = norm
       record[f'{attack.name}_accuracy'] = float(robust.mean())
       record['attacks'][attack.name] = {**attack.settings, 'straight_through':
                                         attack.straight_through,
@@ -281,8 +312,8 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
   return record
 
 
-_LABELS = {'autoattack': 'AutoAttack-style worst case, JAX port (APGD-CE, APGD-T, Square; '
-                         'no FAB-T)'}
+_LABELS = {'autoattack': 'AutoAttack-style worst case, JAX port (APGD-CE, APGD-T, FAB-T, '
+                         'Square)'}
 
 
 def _set_leaves(config: ml_collections.ConfigDict, values: dict, prefix: str = ''):

@@ -48,7 +48,8 @@ def validate(config: ml_collections.ConfigDict):
            config.data.num_train_examples, 'an integer >= 0 (0 = all)')
   for key in ('optim.batch_size', 'optim.epochs', 'eval.batch_size', 'eval.pgd_steps',
               'eval.pgd_restarts', 'eval.apgd_steps', 'eval.apgd_restarts',
-              'eval.apgd_targets', 'eval.square_queries', 'eval.periodic_pgd_steps',
+              'eval.apgd_targets', 'eval.fab_steps', 'eval.fab_restarts', 'eval.fab_targets',
+              'eval.square_queries', 'eval.periodic_pgd_steps',
               'eval.periodic_pgd_restarts',
               'eval.periodic_n_examples', 'train.log_every_steps',
               'train.checkpoint_every_steps', 'train.checkpoints_to_keep'):

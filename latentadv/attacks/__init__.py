@@ -1,4 +1,5 @@
-"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, square).
+"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, fab,
+square).
 
 SUITES names the evaluator's attack suites and the attacks each runs, in order (see
 latentadv/evaluate.py).
@@ -8,7 +9,8 @@ SUITES = {
     'pgd': ('pgd',),
     'apgd-ce': ('apgd-ce',),
     'apgd-t': ('apgd-t',),
+    'fab-t': ('fab-t',),
     'square': ('square',),
     'bpda': ('bpda',),
-    'autoattack': ('apgd-ce', 'apgd-t', 'square'),
+    'autoattack': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
 }
