@@ -4,8 +4,11 @@ import os
 
 import flax.linen as nn
 import jax
+import ml_collections
 import optax
 import pytest
+
+from latentadv import data
 
 jax.config.update('jax_num_cpu_devices', 8)
 
@@ -48,6 +51,18 @@ def train_classifier(model: nn.Module, images, labels, steps: int = 60, batch: i
     return variables
 
   return train(model.init(jax.random.key(0), x[0]))
+
+
+@pytest.fixture(scope='session')
+def mnist_mlp(data_root):
+  """(MLP(), its variables after train_classifier on MNIST, test images (N, 28, 28, 1) and
+  labels (N,) as numpy): an undefended classifier for attack tests."""
+  config = ml_collections.ConfigDict(
+      dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
+  images, labels = data.load_split(config, 'train')
+  model = MLP()
+  variables = train_classifier(model, images, labels)
+  return (model, variables, *data.load_split(config, 'test'))
 
 
 def set_key(config, dotted: str, value):

@@ -5,12 +5,9 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import MLP, train_classifier
-from latentadv import data
 from latentadv.attacks import apgd
 from latentadv.attacks import losses
 from latentadv.attacks import pgd
@@ -21,14 +18,9 @@ STEPS = 5  # Few enough that PGD-5 and APGD-5 differ on that MLP.
 
 
 @pytest.fixture(scope='module')
-def mnist(data_root):
+def mnist(mnist_mlp):
   """Returns (logits_fn, x, y): an MLP trained for 60 Adam steps, 256 MNIST test points."""
-  config = ml_collections.ConfigDict(
-      dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
-  images, labels = data.load_split(config, 'train')
-  model = MLP()
-  params = train_classifier(model, images, labels)
-  x, y = data.load_split(config, 'test')
+  model, params, x, y = mnist_mlp
   return jax.jit(functools.partial(model.apply, params)), jnp.asarray(x[:256]), y[:256]
 
 

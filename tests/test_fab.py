@@ -8,9 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import MLP, train_classifier
 from configs import default
-from latentadv import data
 from latentadv import evaluate
 from latentadv import parallel
 from latentadv.attacks import SUITES
@@ -23,14 +21,9 @@ N = 64  # Test points.
 
 
 @pytest.fixture(scope='module')
-def mnist(data_root):
+def mnist(mnist_mlp):
   """(model, variables, logits_fn, x, y): the MLP after 60 Adam steps, N MNIST test points."""
-  config = ml_collections.ConfigDict(
-      dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
-  images, labels = data.load_split(config, 'train')
-  model = MLP()
-  variables = train_classifier(model, images, labels)
-  x, y = data.load_split(config, 'test')
+  model, variables, x, y = mnist_mlp
   return (model, variables, jax.jit(functools.partial(model.apply, variables)),
           jnp.asarray(x[:N]), jnp.asarray(y[:N]))
 

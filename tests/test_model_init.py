@@ -41,6 +41,17 @@ def _assert_uniform(values: np.ndarray, bound: float, name: str):
   assert values.var() == pytest.approx(bound ** 2 / 3, rel=5 * np.sqrt(0.8 / n)), name
 
 
+def _assert_he_normal_convs(params: dict):
+  """Every conv kernel (kh, kw, C_in, C_out) in the flat `params` has variance
+  2 / (kh kw C_out) within 5 standard errors (relative standard error sqrt(2 / n))."""
+  for name, value in params.items():
+    value = np.asarray(value)
+    if name.endswith('kernel') and value.ndim == 4:
+      kh, kw, _, c_out = value.shape
+      expected = 2 / (kh * kw * c_out)
+      assert value.var() == pytest.approx(expected, rel=5 * np.sqrt(2 / value.size)), name
+
+
 def test_default_preact_resnet18_is_initialised_as_pytorch_default():
   """Every conv kernel U(+-1/sqrt(kh kw C_in)), the head's kernel and bias U(+-1/sqrt(D)),
   BatchNorm scale 1 and bias 0: nn.Conv2d / nn.Linear / nn.BatchNorm2d defaults."""
@@ -70,12 +81,7 @@ def test_default_preact_resnet18_is_initialised_as_pytorch_default():
 def test_he_initialisation_stays_available():
   """init='he': conv kernels N(0, 2 / (kh kw C_out)), the head Flax's default (zero bias)."""
   params, _ = _flat_params(_preact(16, 'he'))
-  for name, value in params.items():
-    value = np.asarray(value)
-    if name.endswith('kernel') and value.ndim == 4:
-      kh, kw, _, c_out = value.shape
-      expected = 2 / (kh * kw * c_out)
-      assert value.var() == pytest.approx(expected, rel=5 * np.sqrt(2 / value.size)), name
+  _assert_he_normal_convs(params)
   np.testing.assert_array_equal(np.asarray(params['head/bias']), 0.0)
 
 
@@ -89,12 +95,7 @@ def test_wide_resnet_is_initialised_as_the_trades_reference():
   model = models.create_model('wide_resnet', {'depth': 10, 'widen_factor': 2, 'dropout': 0.0},
                               num_classes=10, mean=CIFAR.mean, std=CIFAR.std)
   params, _ = _flat_params(model)
-  for name, value in params.items():
-    value = np.asarray(value)
-    if name.endswith('kernel') and value.ndim == 4:
-      kh, kw, _, c_out = value.shape
-      expected = 2 / (kh * kw * c_out)
-      assert value.var() == pytest.approx(expected, rel=5 * np.sqrt(2 / value.size)), name
+  _assert_he_normal_convs(params)
   _assert_uniform(np.asarray(params['head/kernel']), 128 ** -0.5, 'head/kernel')
   np.testing.assert_array_equal(np.asarray(params['head/bias']), 0.0)
 
