@@ -7,10 +7,11 @@ For PreActResNet-18 at each width of --widths (CIFAR-shaped batches of --batch_s
 times one full training step (augmentation, attack, forward, backward, optimizer update) of
   JAX:     the jitted step of latentadv.train as benchmarks/step_cost.py builds it, with the
            method's config file configs/cifar_<method>.py or configs/mnist_<method>.py;
-  PyTorch: our own eager CPU re-implementation below of the same model and step (PyTorch's
-           default initialisation; SGD momentum 0.9, weight decay 5e-4, lr 0.1 on CIFAR; Adam,
-           lr 1e-3 on MNIST), with torch.set_num_threads(os.cpu_count()), as XLA on CPU uses
-           every core.
+  PyTorch: our own eager CPU re-implementation of the same step (below) and model (the
+           torch twin of latentadv/torch_models.py, its taps perturbed by forward hooks;
+           PyTorch's default initialisation; SGD momentum 0.9, weight decay 5e-4, lr 0.1 on
+           CIFAR; Adam, lr 1e-3 on MNIST), with torch.set_num_threads(os.cpu_count()), as XLA
+           on CPU uses every core.
 Both run on the same fixed random batch. Everything is compiled and warmed up first, then timed
 in interleaved rounds: per round and case, --steps_per_round steps of one framework, then of the
 other, the order alternating between rounds, so that machine noise hits both alike. The time
@@ -35,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -47,7 +48,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -66,101 +67,27 @@ MNIST_BATCH_SIZE = 100  # as configs/mnist_<method>.py
 TORCH_LEARNING_RATES = {'sgd': 0.1, 'adam': 1e-3}
 
 
-def tap(h: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+def tap(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
   """h (B, C, H, W) plus delta (same shape), clipped to h's per-sample, per-channel range over
-  the spatial positions, the clip straight-through for gradients (models/taps.py); h itself
-  when delta is None."""
-  if delta is None:
-    return h
+  the spatial positions, the clip straight-through for gradients (models/taps.py)."""
   moved = h + delta
   clipped = torch.clamp(moved, h.amin(dim=(2, 3), keepdim=True), h.amax(dim=(2, 3), keepdim=True))
   return moved + (clipped - moved).detach()
 
 
-class PreActBlock(nn.Module):
-  """BN-relu-conv3x3(stride)-BN-relu-conv3x3 plus a shortcut: the identity, or a strided 1x1
-  conv of the raw block input when the stride or the width changes. Maps (B, C_in, H, W) to
-  (B, features, H / stride, W / stride)."""
-
-  def __init__(self, in_channels: int, features: int, stride: int):
-    super().__init__()
-    self.bn1 = nn.BatchNorm2d(in_channels)
-    self.conv1 = nn.Conv2d(in_channels, features, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(features)
-    self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=False)
-    self.shortcut = (nn.Conv2d(in_channels, features, 1, stride, bias=False)
-                     if stride != 1 or in_channels != features else nn.Identity())
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    """The block's output (B, features, H / stride, W / stride) for x (B, C_in, H, W)."""
-    out = self.conv1(F.relu(self.bn1(x)))
-    return self.conv2(F.relu(self.bn2(out))) + self.shortcut(x)
-
-
-class PreActResNet18(nn.Module):
-  """latentadv/models/preact_resnet.py in NCHW: normalisation, conv3x3 [stem], 4 stages of 2
-  PreActBlocks [stage1..stage4] of widths width * (1, 2, 4, 8) and strides (1, 2, 2, 2), then
-  BN-relu-global average pool-linear head."""
-
-  def __init__(self, width: int, mean, std, num_classes: int):
-    super().__init__()
-    self.width = width
-    self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1))
-    self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1))
-    self.stem = nn.Conv2d(len(mean), width, 3, 1, 1, bias=False)
-    stages, channels = [], width
-    for multiplier, stride in zip((1, 2, 4, 8), (1, 2, 2, 2)):
-      features = width * multiplier
-      stages.append(nn.Sequential(PreActBlock(channels, features, stride),
-                                  PreActBlock(features, features, 1)))
-      channels = features
-    self.stages = nn.ModuleList(stages)
-    self.final_bn = nn.BatchNorm2d(channels)
-    self.head = nn.Linear(channels, num_classes)
-
-  def forward(self, x: torch.Tensor,
-              perturbations: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits (B, num_classes) of images x (B, C, H, W) in [0, 1], with `perturbations`
-    {tap name: (B, ...) tensor} added at the taps they name (see `tap`)."""
-    perturbations = perturbations or {}
-    h = tap(self.stem((x - self.mean) / self.std), perturbations.get('stem'))
-    for index, stage in enumerate(self.stages, start=1):
-      h = tap(stage(h), perturbations.get(f'stage{index}'))
-    return self.head(F.relu(self.final_bn(h)).mean(dim=(2, 3)))
-
-  def tap_shapes(self, x_shape) -> dict[str, tuple[int, ...]]:
-    """Shapes of the feature maps at SLAT's taps 'stem' and 'stage1' (both (B, width, H, W))
-    for inputs of x_shape (B, C, H, W)."""
-    batch, _, height, width = x_shape
-    return {name: (batch, self.width, height, width) for name in ('stem', 'stage1')}
-
-
-class MnistCNN(nn.Module):
-  """latentadv/models/mnist_cnn.py in NCHW on raw pixels: conv16 4x4/2 - relu [stem] -
-  conv32 4x4/2 - relu [stage1] - flatten - fc100 - relu - fc10, for (B, 1, 28, 28) images."""
-
-  def __init__(self):
-    super().__init__()
-    self.conv1 = nn.Conv2d(1, 16, 4, 2, 1)
-    self.conv2 = nn.Conv2d(16, 32, 4, 2, 1)
-    self.fc = nn.Linear(32 * 7 * 7, 100)
-    self.head = nn.Linear(100, 10)
-
-  def forward(self, x: torch.Tensor,
-              perturbations: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits (B, 10) of images x (B, 1, 28, 28) in [0, 1], with `perturbations` {tap name:
-    (B, ...) tensor} added at the taps they name (see `tap`)."""
-    perturbations = perturbations or {}
-    h = tap(F.relu(self.conv1(x)), perturbations.get('stem'))
-    h = tap(F.relu(self.conv2(h)), perturbations.get('stage1'))
-    return self.head(F.relu(self.fc(h.flatten(1))))
-
-  def tap_shapes(self, x_shape) -> dict[str, tuple[int, ...]]:
-    """Shapes of the feature maps at the taps 'stem' (B, 16, H/2, W/2) and 'stage1'
-    (B, 32, H/4, W/4) for inputs of x_shape (B, 1, H, W)."""
-    batch, _, height, width = x_shape
-    return {'stem': (batch, 16, height // 2, width // 2),
-            'stage1': (batch, 32, height // 4, width // 4)}
+@contextlib.contextmanager
+def tapped(model: nn.Module, names: Iterable[str],
+           perturbation: Callable[[str, torch.Tensor], torch.Tensor]):
+  """Within the block, `model` (a latentadv.torch_models module) perturbs the feature map h
+  (B, C, H, W) of each tap in `names` to tap(h, perturbation(name, h)), with forward hooks on
+  the submodules its TAPS name."""
+  handles = [model.get_submodule(model.TAPS[name]).register_forward_hook(
+      lambda module, inputs, h, name=name: tap(h, perturbation(name, h))) for name in names]
+  try:
+    yield
+  finally:
+    for handle in handles:
+      handle.remove()
 
 
 def augment(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
@@ -198,10 +125,14 @@ def running_stats_frozen(model: nn.Module):
 
 def train_on(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
              labels: torch.Tensor, perturbations: Mapping[str, torch.Tensor] | None = None):
-  """One optimizer step on the mean cross-entropy of model(x (B, C, H, W), perturbations)
-  against labels (B,)."""
+  """One optimizer step on the mean cross-entropy of model(x (B, C, H, W)) against labels (B,),
+  with `perturbations` {tap name: tensor shaped like the tap's feature map} added at the taps
+  they name (see `tap`)."""
+  perturbations = perturbations or {}
   optimizer.zero_grad(set_to_none=True)
-  F.cross_entropy(model(x, perturbations), labels).backward()
+  with tapped(model, perturbations, lambda name, h: perturbations[name]):
+    loss = F.cross_entropy(model(x), labels)
+  loss.backward()
   optimizer.step()
 
 
@@ -229,10 +160,13 @@ def slat_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, method
   eps, alpha = method.eps, method.slat.alpha
   eps_h = eps if method.slat.eps_h is None else method.slat.eps_h
   x = x.detach().requires_grad_()  # its gradient is that of a zero input perturbation
-  shapes = model.tap_shapes(x.shape)
-  zeros = {name: torch.zeros(shapes[name], requires_grad=True) for name in method.slat.taps}
-  with running_stats_frozen(model):
-    loss = F.cross_entropy(model(x, zeros), labels, reduction='sum')
+  zeros = {}  # tap name -> zero perturbation, made at the tap's shape during the forward pass
+
+  def zero(name: str, h: torch.Tensor) -> torch.Tensor:
+    zeros[name] = torch.zeros_like(h, requires_grad=True)
+    return zeros[name]
+  with running_stats_frozen(model), tapped(model, method.slat.taps, zero):
+    loss = F.cross_entropy(model(x), labels, reduction='sum')
   grad_x, *grad_taps = torch.autograd.grad(loss, [x, *zeros.values()])
   x_adv = torch.clamp(x.detach() + torch.clamp(alpha * eps * grad_x.sign(), -eps, eps), 0.0, 1.0)
   deltas = {name: torch.clamp(2 * alpha * eps_h * grad.sign(), -eps_h, eps_h)
@@ -241,15 +175,10 @@ def slat_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, method
 
 
 def torch_model_and_optimizer(config) -> tuple[nn.Module, torch.optim.Optimizer]:
-  """The PyTorch twin of `config`'s model (train mode, PyTorch's default initialisation) and
-  an optimizer of the config's kind, momentum and weight decay (learning rate: see
-  TORCH_LEARNING_RATES)."""
-  if config.model.name == 'mnist_cnn':
-    model = MnistCNN()
-  else:
-    info = data.DATASETS[config.data.name]
-    model = PreActResNet18(config.model.preact_resnet18.width, info.mean, info.std,
-                           info.num_classes)
+  """The PyTorch twin of `config`'s model (latentadv/torch_models.py, as export.torch_model
+  builds it; train mode, PyTorch's default initialisation) and an optimizer of the config's
+  kind, momentum and weight decay (learning rate: see TORCH_LEARNING_RATES)."""
+  model = export.torch_model(config)
   model.train()
   optim = config.optim
   learning_rate = TORCH_LEARNING_RATES[optim.optimizer]
