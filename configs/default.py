@@ -45,7 +45,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
 
   config.method = ml_collections.ConfigDict(dict(
       name='slat',
-      eps=8 / 255,            # L-inf radius in pixel units ([0, 1] images)
+      eps=8 / 255,            # radius in pixel units ([0, 1] images) in the norm below
+      norm='linf',            # training threat model: 'linf', or 'l2' (methods pgd, fgsm_rs)
       attack_bn='train',      # BatchNorm mode of attack passes: 'train' (batch stats) or 'eval'
   ))
   for name, method in methods.METHODS.items():
@@ -82,6 +83,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict(dict(
       suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, fab-t, square, bpda, autoattack
+      norm='linf',            # threat model of the attacks: 'linf' or 'l2' (eps: method.eps)
       batch_size=500,
       n_examples=0,           # final evaluation on the first n test examples (0 = all)
       pgd_steps=50,

@@ -5,8 +5,9 @@
 
 Every (workdir, suite, eps) is an evaluation of the workdir's latest checkpoint on its first
 n_examples test images with evaluate.py's suite (settings from the workdir's config.eval,
-overridable: --config.eval.pgd_restarts=2). Writes the plot to --output and the numbers
-next to it (same name, .json).
+overridable: --config.eval.pgd_restarts=2). The radii are in the threat model
+config.eval.norm (--config.eval.norm=l2 for L2; every workdir must use the same). Writes the
+plot to --output and the numbers next to it (same name, .json, with the norm).
 """
 
 import json
@@ -26,6 +27,7 @@ from latentadv import evaluate
 from latentadv import models
 from latentadv import parallel
 from latentadv import state as state_lib
+from latentadv.attacks import norms
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,8 +59,9 @@ def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
   return result
 
 
-def plot(curves: dict, eps_values: list[float], path: str):
-  """Saves a PNG: robust accuracy (%) vs eps, a colour per workdir, a line style per suite."""
+def plot(curves: dict, eps_values: list[float], path: str, norm: str = 'linf'):
+  """Saves a PNG: robust accuracy (%) vs eps (radii in `norm`, 'linf' or 'l2'), a colour per
+  workdir, a line style per suite."""
   figure, axes = plt.subplots(figsize=(6, 4))
   styles = ['-', '--', ':', '-.']
   for colour, (workdir, result) in enumerate(curves.items()):
@@ -68,7 +71,7 @@ def plot(curves: dict, eps_values: list[float], path: str):
                                      *[100 * a for a in result[suite]]],
                 styles[i % len(styles)], marker='o', color=f'C{colour}',
                 label=f'{os.path.basename(os.path.normpath(workdir))} ({suite})')
-  axes.set_xlabel('eps (L-inf, pixel units)')
+  axes.set_xlabel(f'eps ({norms.LABELS[norm]}, pixel units)')
   axes.set_ylabel('robust accuracy (%)')
   axes.set_ylim(0, 100)
   axes.grid(alpha=0.3)
@@ -83,15 +86,19 @@ def _main(argv):
   eps_values = [float(e) for e in FLAGS.eps]
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides['eval.n_examples'] = FLAGS.n_examples
-  curves = {}
-  for workdir in FLAGS.workdirs:
-    config = evaluate.workdir_config(workdir, default.get_config(), overrides)
-    curves[workdir] = curve(workdir, config, FLAGS.suites, eps_values)
+  configs = {workdir: evaluate.workdir_config(workdir, default.get_config(), overrides)
+             for workdir in FLAGS.workdirs}
+  norm, *others = sorted({config.eval.norm for config in configs.values()})
+  if others:
+    raise app.UsageError(f'The workdirs evaluate in different norms ({norm}, '
+                         f'{", ".join(others)}): set one with --config.eval.norm.')
+  curves = {workdir: curve(workdir, config, FLAGS.suites, eps_values)
+            for workdir, config in configs.items()}
   if jax.process_index() == 0:
     checkpoint.write_json_atomically(os.path.splitext(FLAGS.output)[0] + '.json',
-                                     {'eps': eps_values, 'n_examples': FLAGS.n_examples,
-                                      'curves': curves})
-    plot(curves, eps_values, FLAGS.output)
+                                     {'eps': eps_values, 'norm': norm,
+                                      'n_examples': FLAGS.n_examples, 'curves': curves})
+    plot(curves, eps_values, FLAGS.output, norm)
   logging.info('%s', json.dumps(curves, indent=2))
 
 
@@ -99,7 +106,7 @@ if __name__ == '__main__':
   from configs import default  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_list('workdirs', None, 'Training runs (directories with config.json).')
-  flags.DEFINE_list('eps', None, 'L-inf radii in pixel units, e.g. 0.1,0.2,0.3.')
+  flags.DEFINE_list('eps', None, 'Radii in pixel units in config.eval.norm, e.g. 0.1,0.2,0.3.')
   flags.DEFINE_list('suites', ['pgd'], 'Attack suites of evaluate.py.')
   flags.DEFINE_integer('n_examples', 1000, 'First n test examples (0 = all).')
   flags.DEFINE_string('output', 'eps_curve.png', 'PNG path; the JSON goes next to it.')

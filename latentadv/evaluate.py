@@ -10,7 +10,7 @@ Suites (`config.eval.suite`):
   apgd-ce     APGD with cross-entropy (eval.apgd_steps, eval.apgd_restarts).
   apgd-t      APGD-T with the targeted DLR loss, one run per target (eval.apgd_targets).
   square      Square attack (eval.square_queries, eval.square_p_init): no gradients.
-  fab-t       FAB-T, minimal L-inf perturbations towards each target (eval.fab_targets, with
+  fab-t       FAB-T, minimal perturbations towards each target (eval.fab_targets, with
               eval.fab_steps steps and eval.fab_restarts restarts each); an example is fooled
               only if the point found is within eps and misclassified once re-evaluated.
   bpda        PGD through the model's straight-through surrogate (BPDA): for models whose
@@ -19,6 +19,11 @@ Suites (`config.eval.suite`):
               port of AutoAttack's "standard" version. For a model with a soft quantiser the
               gradient attacks differentiate the straight-through surrogate (BPDA), as they
               must.
+
+`config.eval.norm` sets every attack's threat model: 'linf' (default) or 'l2', the L2 ball of
+radius eps (attacks/norms.py; AutoAttack's L2 versions of APGD, FAB and Square). eps is
+config.method.eps, read in that norm; the periodic and final evaluations during training
+(`from_config`) use config.method.norm, the threat model the run trains against.
 
 Every process holds all examples and runs the same host loop (the same examples in the same
 batches, in the same order), so results are identical on every process; each global batch
@@ -32,9 +37,10 @@ Library: `Evaluator`, `from_config`, `load_model(workdir)`.
 Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.suite=autoattack ...]`
 evaluates the latest checkpoint in DIR with the config saved there (overridable) and writes
 `DIR/eval_<suite>.json` (accuracies, settings, n examples, seconds) and `DIR/eval_<suite>.npz`
-(per example: index, label, correct, robust, fooled_by_<attack>, and for FAB-T fab_linf_norm:
-the smallest L-inf norm of the adversarial points its runs found, inf where they found none
-or where FAB-T never ran because the point was misclassified or fooled by an earlier attack).
+(per example: index, label, correct, robust, fooled_by_<attack>, and for FAB-T fab_linf_norm
+or fab_l2_norm: the smallest norm of the adversarial points its runs found, inf where they
+found none or where FAB-T never ran because the point was misclassified or fooled by an
+earlier attack).
 """
 
 import dataclasses
@@ -61,11 +67,12 @@ from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
 from latentadv.attacks import fab
+from latentadv.attacks import norms
 from latentadv.attacks import pgd
 from latentadv.attacks import square
 
 # fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool, or (fooled (B,) bool,
-# L-inf norm (B,)) for an attack with a norm_key; run is a traced int32.
+# norm (B,)) for an attack with a norm_key; run is a traced int32.
 FooledFn = Callable[..., jax.Array | tuple[jax.Array, jax.Array]]
 
 
@@ -74,8 +81,9 @@ class Attack:
   """One attack of a suite: `runs` calls of `fooled`, each with its own key and run index.
 
   `straight_through` makes the attack differentiate the model's BPDA surrogate. With a
-  `norm_key`, `fooled` also returns the L-inf norm of the adversarial point each example got
-  (inf if none), and the evaluator stores the smallest over the runs under that key.
+  `norm_key`, `fooled` also returns the norm (in the attack's threat model) of the
+  adversarial point each example got (inf if none), and the evaluator stores the smallest
+  over the runs under that key.
   """
   name: str
   runs: int
@@ -87,54 +95,58 @@ class Attack:
 
 def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
                 straight_through: bool = False) -> Attack:
-  """The attack `name` (a member of a suite) with its settings from `eval_config`."""
+  """The attack `name` (a member of a suite) with its settings from `eval_config`, in the
+  threat model eval_config.norm with radius eps."""
+  norm = eval_config.norm
   if name in ('pgd', 'bpda'):
     step_size = eval_config.step_size * eps
     settings = dict(steps=eval_config.pgd_steps, restarts=eval_config.pgd_restarts,
-                    step_size=step_size, loss=eval_config.loss)
+                    step_size=step_size, loss=eval_config.loss, norm=norm)
 
     def fooled(logits_fn, x, y, rng, run):
       del run
       return pgd.fooled_in_restart(logits_fn, x, y, rng, eps=eps, step_size=step_size,
-                                   steps=settings['steps'], loss=settings['loss'])
+                                   steps=settings['steps'], loss=settings['loss'], norm=norm)
     return Attack(name, eval_config.pgd_restarts, fooled, settings,
                   straight_through or name == 'bpda')
   if name == 'apgd-ce':
     settings = dict(steps=eval_config.apgd_steps, restarts=eval_config.apgd_restarts,
-                    loss='ce')
+                    loss='ce', norm=norm)
 
     def fooled(logits_fn, x, y, rng, run):
       del run
-      return apgd.apgd(logits_fn, x, y, rng, eps=eps, steps=settings['steps'], loss='ce')[1]
+      return apgd.apgd(logits_fn, x, y, rng, eps=eps, steps=settings['steps'], loss='ce',
+                       norm=norm)[1]
     return Attack(name, eval_config.apgd_restarts, fooled, settings, straight_through)
   if name == 'apgd-t':
     settings = dict(steps=eval_config.apgd_steps, targets=eval_config.apgd_targets,
-                    loss='targeted_dlr')
+                    loss='targeted_dlr', norm=norm)
 
     def fooled(logits_fn, x, y, rng, run):
       return apgd.apgd_targeted_run(logits_fn, x, y, rng, run, eps=eps,
-                                    steps=settings['steps'])[1]
+                                    steps=settings['steps'], norm=norm)[1]
     return Attack(name, eval_config.apgd_targets, fooled, settings, straight_through)
   if name == 'square':
-    settings = dict(queries=eval_config.square_queries, p_init=eval_config.square_p_init)
+    settings = dict(queries=eval_config.square_queries, p_init=eval_config.square_p_init,
+                    norm=norm)
 
     def fooled(logits_fn, x, y, rng, run):
       del run
       return square.square(logits_fn, x, y, rng, eps=eps, n_queries=settings['queries'],
-                           p_init=settings['p_init'])[1]
+                           p_init=settings['p_init'], norm=norm)[1]
     return Attack(name, 1, fooled, settings)
   if name == 'fab-t':
     settings = dict(steps=eval_config.fab_steps, targets=eval_config.fab_targets,
-                    restarts=eval_config.fab_restarts)
+                    restarts=eval_config.fab_restarts, norm=norm)
 
     def fooled(logits_fn, x, y, rng, run):
       restarts = settings['restarts']
-      x_adv, norm = fab.fab_targeted_run(logits_fn, x, y, rng, run // restarts, eps=eps,
-                                         steps=settings['steps'],
-                                         random_start=run % restarts > 0)
-      return fab.fooled_within(logits_fn, x, y, x_adv, eps), norm
+      x_adv, distance = fab.fab_targeted_run(logits_fn, x, y, rng, run // restarts, eps=eps,
+                                             steps=settings['steps'],
+                                             random_start=run % restarts > 0, norm=norm)
+      return fab.fooled_within(logits_fn, x, y, x_adv, eps, norm), distance
     return Attack(name, eval_config.fab_targets * eval_config.fab_restarts, fooled, settings,
-                  straight_through, norm_key='fab_linf_norm')
+                  straight_through, norm_key=f'fab_{norm}_norm')
   raise ValueError(f'Unknown attack {name!r}; valid: pgd, bpda, apgd-ce, apgd-t, fab-t, '
                    'square.')
 
@@ -207,9 +219,9 @@ class Evaluator:
     Returns (record, per_example). record: clean_accuracy, robust_accuracy (worst case over
     all attacks), <attack>_accuracy (robust accuracy after that attack and those before it),
     n_examples, eps, seconds and per attack its settings and seconds. per_example: index,
-    label, correct, robust, fooled_by_<attack> and each attack's norm_key (fab_linf_norm:
-    the smallest L-inf norm its runs found, inf where none ran or none found one) — (N,)
-    arrays. Every process passes the same arrays and gets the same results.
+    label, correct, robust, fooled_by_<attack> and each attack's norm_key (fab_linf_norm or
+    fab_l2_norm: the smallest norm its runs found, inf where none ran or none found one) —
+    (N,) arrays. Every process passes the same arrays and gets the same results.
     """
     start = time.perf_counter()
     n = len(labels)
@@ -259,12 +271,13 @@ class Evaluator:
 
 def from_config(model, mesh, config: ml_collections.ConfigDict, *, steps: int,
                 restarts: int) -> Evaluator:
-  """A PGD-`steps`-`restarts` Evaluator of the Flax `model` with config.method.eps and
-  config.eval's step size, loss and batch size. If the model has a soft quantiser, PGD
-  differentiates its straight-through surrogate (BPDA), so no number it reports is inflated by
-  the quantiser's masked gradient."""
+  """A PGD-`steps`-`restarts` Evaluator of the Flax `model` in the training threat model
+  (config.method.eps and config.method.norm) with config.eval's step size, loss and batch
+  size. If the model has a soft quantiser, PGD differentiates its straight-through surrogate
+  (BPDA), so no number it reports is inflated by the quantiser's masked gradient."""
   eval_config = ml_collections.ConfigDict(config.eval.to_dict())
   eval_config.pgd_steps, eval_config.pgd_restarts = steps, restarts
+  eval_config.norm = config.method.norm
   attack = make_attack('pgd', eval_config, config.method.eps,
                        straight_through=models.has_quantiser(model))
   return Evaluator(model.apply, mesh, [attack], eps=config.method.eps,
@@ -293,7 +306,13 @@ def load_model(workdir: str):
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
   """Evaluates the latest checkpoint in `workdir` with `config.eval.suite` on the first
-  `config.eval.n_examples` test examples (0 = all); writes eval_<suite>.json and .npz."""
+  `config.eval.n_examples` test examples (0 = all) in the threat model config.eval.norm with
+  radius config.method.eps; writes eval_<suite>.json and .npz."""
+  if config.eval.norm != config.method.norm:
+    logging.warning('Evaluating in %s (config.eval.norm) a run trained in %s: eps = '
+                    'config.method.eps = %g is read as an %s radius.',
+                    norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
+                    config.method.eps, norms.LABELS[config.eval.norm])
   model, variables = state_lib.restore_variables(workdir, config)
   images, labels = data.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
@@ -305,7 +324,8 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
                         batch_size=config.eval.batch_size, surrogate_apply_fn=surrogate.apply)
   record, per_example = evaluator.evaluate(variables, images[:n], labels[:n],
                                            jax.random.key(config.seed + 2))
-  record = {'suite': suite, 'label': _LABELS.get(suite, suite), **record}
+  record = {'suite': suite, 'label': _LABELS.get(suite, suite), 'norm': config.eval.norm,
+            **record}
   if jax.process_index() == 0:
     checkpoint.write_json_atomically(os.path.join(workdir, f'eval_{suite}.json'), record)
     np.savez_compressed(os.path.join(workdir, f'eval_{suite}.npz'), **per_example)

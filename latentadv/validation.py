@@ -6,6 +6,7 @@ from latentadv import data
 from latentadv import methods
 from latentadv import models
 from latentadv.attacks import SUITES
+from latentadv.attacks import norms
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,9 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
   _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
   _one_of(config, 'eval.suite', SUITES)
+  _one_of(config, 'eval.norm', norms.NORMS)
+  _one_of(config, 'method.norm', norms.NORMS)
+  _validate_method_norm(config.method)
   if config.data.source == 'local':
     _require(bool(config.data.dir), 'data.dir', config.data.dir,
              'a directory with the dataset files when data.source is "local"')
@@ -81,6 +85,16 @@ def validate(config: ml_collections.ConfigDict):
   for key, value in config.method[name].items():
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       _require(value >= 0, f'method.{name}.{key}', value, 'a number >= 0')
+
+
+def _validate_method_norm(method: ml_collections.ConfigDict):
+  """config.method.norm: a threat model that method config.method.name defines (its NORMS)."""
+  defined = getattr(methods.METHODS[method.name], 'NORMS', ('linf',))
+  with_l2 = sorted(name for name, module in methods.METHODS.items()
+                   if 'l2' in getattr(module, 'NORMS', ()))
+  _require(method.norm in defined, 'method.norm', method.norm,
+           f"'linf': method {method.name} defines only the L-inf threat model (methods with "
+           f"an L2 version: {', '.join(with_l2)})")
 
 
 def _validate_soft_quant(config: ml_collections.ConfigDict):

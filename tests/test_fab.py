@@ -8,13 +8,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import pgd_minimal_eps
 from configs import default
 from latentadv import evaluate
 from latentadv import parallel
 from latentadv.attacks import SUITES
 from latentadv.attacks import fab
-from latentadv.attacks import losses
-from latentadv.attacks import pgd
 
 EPS = 0.1  # Most points of the briefly trained MLP have an adversarial example this close.
 N = 64  # Test points.
@@ -50,26 +49,6 @@ def _reference_projection(t, w, b):
         lo, hi = (lo, mid) if np.abs(w[i]) @ np.minimum(mid, room) >= abs(gap) else (mid, hi)
     out[i] = direction * np.minimum(hi, room)
   return out
-
-
-def _pgd_fooled(logits_fn, x, y, rng, eps, steps=100):
-  """(B,) bool: some iterate of PGD-`steps` (CE, step eps / 10, uniform random start) in the
-  L-inf ball of radius eps (B,) around x (B, H, W, C) is misclassified. As
-  pgd.fooled_in_restart, but its loop is rolled: 100 unrolled steps take ~25 s to compile."""
-  eps = eps[:, None, None, None]
-
-  def objective(z):
-    logits = logits_fn(z)
-    return losses.cross_entropy(logits, y).sum(), logits.argmax(-1) != y
-
-  def step(_, carry):
-    x_adv, fooled = carry
-    grad, wrong = jax.grad(objective, has_aux=True)(x_adv)
-    return pgd.project(x_adv + eps / 10 * jnp.sign(grad), x, eps), fooled | wrong
-
-  start = pgd.project(x + eps * jax.random.uniform(rng, x.shape, minval=-1), x, eps)
-  x_adv, fooled = jax.lax.fori_loop(0, steps, step, (start, jnp.zeros(y.shape, bool)))
-  return fooled | (logits_fn(x_adv).argmax(-1) != y)
 
 
 def test_projection_is_the_minimal_linf_step_to_the_hyperplane_in_the_box():
@@ -140,14 +119,9 @@ def test_minimal_norm_matches_a_pgd_bisection(mnist, fab_t):
   _, _, logits_fn, x, y = mnist
   correct = np.asarray(logits_fn(x).argmax(-1) == y)
 
-  pgd_fooled = jax.jit(lambda eps, rng: _pgd_fooled(logits_fn, x, y, rng, eps))
-  lo, hi = np.zeros(N), np.full(N, 0.25)
-  assert pgd_fooled(jnp.asarray(hi), jax.random.key(0))[correct].mean() > 0.95
-  for i in range(8):
-    mid = (lo + hi) / 2
-    fooled = np.asarray(pgd_fooled(jnp.asarray(mid), jax.random.key(i)))
-    lo, hi = np.where(fooled, lo, mid), np.where(fooled, mid, hi)
-  pgd_median = np.median(hi[correct])
+  pgd_eps = pgd_minimal_eps(logits_fn, x, y, 'linf', upper=0.25)
+  assert (pgd_eps[correct] < 0.25).mean() > 0.95
+  pgd_median = np.median(pgd_eps[correct])
   fab_median = np.median(np.asarray(fab_t[1])[correct])
   assert fab_median <= 1.10 * pgd_median, (fab_median, pgd_median)
 

@@ -1,5 +1,5 @@
-"""Pure, jittable L-inf attacks shared by training and evaluation (losses, pgd, apgd, fab,
-square).
+"""Pure, jittable L-inf and L2 attacks shared by training and evaluation (losses, norms, pgd,
+apgd, fab, square); norms.py holds the threat models' projection and norms.
 
 SUITES names the evaluator's attack suites and the attacks each runs, in order (see
 latentadv/evaluate.py).

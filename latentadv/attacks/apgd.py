@@ -1,14 +1,17 @@
 """APGD and APGD-T (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
-ensemble of diverse parameter-free attacks"), L-inf.
+ensemble of diverse parameter-free attacks"), L-inf or L2.
 
-PGD without a step-size parameter: sign-gradient steps with momentum (weight 0.75 on the new
+PGD without a step-size parameter: steepest-ascent steps with momentum (weight 0.75 on the new
 step), of size 2 eps at first, per example. At checkpoints after 22, 41, 57, 70, 80, 87, 93,
 99 % of the steps (intervals shrinking by 3 % to at least 6 %), an example halves its step
 and restarts from its best point when fewer than 75 % of the steps since the last checkpoint
 raised its loss, or when neither its step size nor its best loss changed over the interval.
+The steps are step * sign(grad) for L-inf and step * grad / ||grad||_2 for L2 (AutoAttack's
+L2 branch), projected onto the eps-ball of the norm and [0, 1] (attacks/norms.py) before and
+after the momentum term.
 
-`logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count and loss
-name are Python values (static under jit), eps may be traced.
+`logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count, loss
+name and norm ('linf' or 'l2') are Python values (static under jit), eps may be traced.
 
 Loops: XLA:CPU runs the input-gradient convolutions of a conv net ~4x slower inside any
 while loop (their kernels keep an `01oi` layout there; forward passes are unaffected):
@@ -26,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from latentadv.attacks import losses
+from latentadv.attacks import norms
+from latentadv.attacks.norms import project
 from latentadv.attacks.pgd import LogitsFn
-from latentadv.attacks.pgd import project
 
 _ALPHA = 0.75  # Weight of the new step; 1 - _ALPHA goes to the previous one (momentum).
 _RHO = 0.75
@@ -62,7 +66,7 @@ def _checkpoint_intervals(steps: int) -> np.ndarray:
 
 
 def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
-         x_start: jax.Array, eps: float, steps: int, unroll: bool
+         x_start: jax.Array, eps: float, steps: int, unroll: bool, norm: str
          ) -> tuple[jax.Array, jax.Array]:
   """One APGD run from x_start maximising loss_fn(logits) (B,); returns (x_adv, fooled)."""
   intervals = jnp.asarray(_checkpoint_intervals(steps))
@@ -79,9 +83,10 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
 
   def body(i, s):
     alpha = jnp.where(i == 0, 1.0, _ALPHA)  # The first step has no history.
-    z = project(s.x_adv + s.step[:, None, None, None] * jnp.sign(s.grad), x, eps)
+    z = project(s.x_adv + s.step[:, None, None, None] * norms.steepest_direction(s.grad, norm),
+                x, eps, norm)
     x_adv = project(s.x_adv + alpha * (z - s.x_adv) + (1 - alpha) * (s.x_adv - s.x_prev),
-                    x, eps)
+                    x, eps, norm)
     grad, (loss, wrong) = grad_fn(x_adv)
     improved = loss > s.best
     best = jnp.where(improved, loss, s.best)
@@ -112,19 +117,25 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
   return where(s.fooled, s.x_fool, s.x_best), s.fooled
 
 
-def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool) -> jax.Array:
-  """x, or x + eps * t / max|t| for t uniform in [-1, 1]^(H, W, C) per example, in [0, 1]."""
+def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool, norm: str
+           ) -> jax.Array:
+  """x, or x + eps * t / |t| clipped to [0, 1], per example, with |.| the `norm` and t
+  uniform in [-1, 1]^(H, W, C) for L-inf, standard normal for L2 (AutoAttack's starts)."""
   if not random_start:
     return x
-  t = jax.random.uniform(rng, x.shape, x.dtype, -1, 1)
-  t /= jnp.abs(t).max(axis=tuple(range(1, x.ndim)), keepdims=True)
+  if norm == 'linf':
+    t = jax.random.uniform(rng, x.shape, x.dtype, -1, 1)
+  else:
+    t = jax.random.normal(rng, x.shape, x.dtype)
+  t /= norms.per_example(t, norm, keepdims=True)
   return jnp.clip(x + eps * t, 0.0, 1.0)
 
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
-         steps: int = 100, loss: str = 'ce', random_start: bool = True, unroll: bool = True
-         ) -> tuple[jax.Array, jax.Array]:
-  """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss].
+         steps: int = 100, loss: str = 'ce', random_start: bool = True, unroll: bool = True,
+         norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
+  """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss]
+  in the `norm` eps-ball.
 
   Returns (x_adv, fooled): fooled (B,) bool says some iterate (the start included) was
   misclassified, and x_adv (B, H, W, C) is then such an iterate, else the highest-loss one.
@@ -132,14 +143,15 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps
   """
   loss_fn = losses.LOSSES[loss]
   return _run(logits_fn, lambda logits: loss_fn(logits, y), x, y,
-              _start(rng, x, eps, random_start), eps, steps, unroll)
+              _start(rng, x, eps, random_start, norm), eps, steps, unroll, norm)
 
 
 def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                       target: int | jax.Array, *, eps: float, steps: int = 100,
-                      random_start: bool = True, unroll: bool = True
+                      random_start: bool = True, unroll: bool = True, norm: str = 'linf'
                       ) -> tuple[jax.Array, jax.Array]:
-  """One APGD-T run on images x (B, H, W, C), labels y (B,), maximising losses.targeted_dlr.
+  """One APGD-T run on images x (B, H, W, C), labels y (B,), maximising losses.targeted_dlr
+  in the `norm` eps-ball.
 
   Each example's target is its `target`-th (0-based; may be traced) highest clean logit among
   the classes other than y. Returns (x_adv, fooled) as `apgd`: fooled means misclassified
@@ -149,12 +161,13 @@ def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.
   others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)
   target_class = jnp.argsort(-others, axis=-1)[:, target]
   return _run(logits_fn, lambda logits: losses.targeted_dlr(logits, y, target_class), x, y,
-              _start(rng, x, eps, random_start), eps, steps, unroll)
+              _start(rng, x, eps, random_start, norm), eps, steps, unroll, norm)
 
 
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
                   eps: float, steps: int = 100, num_targets: int = 9,
-                  random_start: bool = True) -> tuple[jax.Array, jax.Array]:
+                  random_start: bool = True, norm: str = 'linf'
+                  ) -> tuple[jax.Array, jax.Array]:
   """APGD-T on images x (B, H, W, C), labels y (B,): `apgd_targeted_run` for targets 0, 1, ...
 
   Run t targets the t-th most likely other class and starts from fold_in(rng, t). Returns
@@ -167,7 +180,7 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Arra
     x_adv, fooled = carry
     x_run, fooled_run = apgd_targeted_run(
         logits_fn, x, y, jax.random.fold_in(rng, t), t, eps=eps, steps=steps,
-        random_start=random_start, unroll=False)
+        random_start=random_start, unroll=False, norm=norm)
     return jnp.where(fooled[:, None, None, None], x_adv, x_run), fooled | fooled_run
 
   return jax.lax.fori_loop(0, num_targets, run, (x, jnp.zeros(y.shape, bool)))

@@ -1,7 +1,12 @@
-"""L-inf projected gradient descent: init + sign-gradient ascent + projection in a fori_loop.
+"""Projected gradient descent, L-inf or L2: init + steepest ascent + projection in a fori_loop.
 
-`logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K). Step counts and the loss
-name are Python values (static under jit); eps and step_size may be traced.
+L-inf steps are step_size * sign(grad), L2 steps step_size * grad / ||grad||_2 per example;
+each iterate is projected onto the eps-ball of the norm and [0, 1] (attacks/norms.py). The
+random start is uniform in the ball.
+
+`logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K). Step counts, the loss
+name and the norm ('linf' or 'l2') are Python values (static under jit); eps and step_size
+may be traced.
 
 The step loop is unrolled (`fori_loop(..., unroll=True)`): XLA:CPU runs a convolutional
 network about 3x slower inside a while loop than unrolled (benchmarks/step_cost.py shows the
@@ -13,25 +18,23 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from latentadv.attacks import norms
 from latentadv.attacks.losses import LOSSES
+from latentadv.attacks.norms import project
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
-def project(x_adv: jax.Array, x: jax.Array, eps: float) -> jax.Array:
-  """Clips x_adv (B, H, W, C) to the L-inf eps-ball around x and to the image range [0, 1]."""
-  return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
-
-
-def _init(rng: jax.Array, x: jax.Array, eps: float, random_start: bool) -> jax.Array:
+def _init(rng: jax.Array, x: jax.Array, eps: float, random_start: bool, norm: str
+          ) -> jax.Array:
   """Returns the starting point: x, or a uniform sample of the eps-ball around x, projected."""
   if not random_start:
     return x
-  return project(x + jax.random.uniform(rng, x.shape, x.dtype, -eps, eps), x, eps)
+  return project(x + norms.sample_ball(rng, x.shape, x.dtype, eps, norm), x, eps, norm)
 
 
 def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
-                 step_size: float, loss: str) -> Callable:
+                 step_size: float, loss: str, norm: str) -> Callable:
   """Returns step(x_adv) -> (next iterate, logits at x_adv) with a single forward and backward."""
   loss_fn = LOSSES[loss]
 
@@ -43,42 +46,48 @@ def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
 
   def step(x_adv):
     (_, logits), grad = grad_fn(x_adv)
-    return project(x_adv + step_size * jnp.sign(grad), x, eps), logits
+    return project(x_adv + step_size * norms.steepest_direction(grad, norm), x, eps,
+                   norm), logits
 
   return step
 
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
-        step_size: float, steps: int, random_start: bool = True, loss: str = 'ce') -> jax.Array:
-  """Returns the last PGD iterate (B, H, W, C) maximising the summed loss of labels y (B,)."""
-  step = _ascent_step(logits_fn, x, y, eps, step_size, loss)
-  x_adv = _init(rng, x, eps, random_start)
+        step_size: float, steps: int, random_start: bool = True, loss: str = 'ce',
+        norm: str = 'linf') -> jax.Array:
+  """Returns the last PGD iterate (B, H, W, C) maximising the summed loss of labels y (B,)
+  in the `norm` eps-ball around x (B, H, W, C)."""
+  step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
+  x_adv = _init(rng, x, eps, random_start, norm)
   return jax.lax.fori_loop(0, steps, lambda _, x_adv: step(x_adv)[0], x_adv, unroll=True)
 
 
 def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
-                      eps: float, step_size: float, steps: int, loss: str = 'ce') -> jax.Array:
-  """Returns fooled (B,) bool: some iterate of one random-start PGD run is misclassified.
+                      eps: float, step_size: float, steps: int, loss: str = 'ce',
+                      norm: str = 'linf') -> jax.Array:
+  """Returns fooled (B,) bool: some iterate of one random-start PGD run in the `norm`
+  eps-ball is misclassified.
 
   The random start and all `steps` iterates after it are checked. The logits of each iterate
   come from the forward pass of its gradient step, so the cost is `steps` forward-backward
   passes plus one forward pass for the last iterate.
   """
-  step = _ascent_step(logits_fn, x, y, eps, step_size, loss)
+  step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
 
   def attack_step(_, carry):
     x_adv, fooled = carry
     x_adv, logits = step(x_adv)
     return x_adv, fooled | (logits.argmax(axis=-1) != y)
 
-  x_adv = _init(rng, x, eps, random_start=True)
+  x_adv = _init(rng, x, eps, random_start=True, norm=norm)
   x_adv, fooled = jax.lax.fori_loop(0, steps, attack_step, (x_adv, jnp.zeros(y.shape, bool)),
                                     unroll=True)
   return fooled | (logits_fn(x_adv).argmax(axis=-1) != y)
 
 
 def pgd_robust(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
-               step_size: float, steps: int, restarts: int, loss: str = 'ce') -> jax.Array:
+               step_size: float, steps: int, restarts: int, loss: str = 'ce',
+               norm: str = 'linf') -> jax.Array:
   """Returns robust (B,) bool: correct on clean x and on every iterate of every restart.
 
   Restart r starts uniformly in the eps-ball with fold_in(rng, r). The restarts are a Python
@@ -88,5 +97,5 @@ def pgd_robust(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, 
   robust = logits_fn(x).argmax(axis=-1) == y
   for r in range(restarts):
     robust &= ~fooled_in_restart(logits_fn, x, y, jax.random.fold_in(rng, r), eps=eps,
-                                 step_size=step_size, steps=steps, loss=loss)
+                                 step_size=step_size, steps=steps, loss=loss, norm=norm)
   return robust

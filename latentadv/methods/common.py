@@ -4,8 +4,12 @@ A method is a pure function
   loss(apply_fn, params, model_state, batch, rng, config) -> (loss, metrics, new_model_state)
 where apply_fn is a Flax `model.apply`, model_state holds the non-trainable collections
 (BatchNorm statistics), batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}
-and config is the run's `config.method` (shared keys such as `eps`, plus one sub-config per
-method). The trainer differentiates `loss` with respect to params.
+and config is the run's `config.method` (shared keys such as `eps` and `norm`, plus one
+sub-config per method). The trainer differentiates `loss` with respect to params.
+
+A method module with an L2 version sets NORMS = ('linf', 'l2') and reads config.norm (the
+threat model: 'linf' or 'l2', see attacks/norms.py); without NORMS a method defines only the
+L-inf threat model, and validation rejects config.method.norm = 'l2' for it.
 """
 
 from typing import Any, Callable, Mapping

@@ -3,6 +3,9 @@
 delta ~ U(-eps, eps), one sign step of size alpha = 1.25 eps from x + delta, projection back
 to the eps-ball and [0, 1]. Known to overfit catastrophically at larger eps.
 
+config.norm = 'l2' is the L2 version: delta uniform in the L2 eps-ball, the step
+alpha * grad / ||grad||_2 per example, projection onto the L2 ball and [0, 1].
+
 `clip_start`: the authors' CIFAR-10 code clips the random start x + delta to [0, 1] before
 taking the gradient; their MNIST code does not (the gradient is taken at x + delta, and only
 the final point is clipped), which on MNIST's mostly-black images leaves the final
@@ -11,16 +14,18 @@ configs/mnist_fgsm_rs.py follows the MNIST code.
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import common
+
+NORMS = norms.NORMS
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """step: the sign step as a multiple of eps (1.25 in the paper); clip_start: clip the random
-  start to [0, 1] before the gradient (see the module docstring)."""
+  """step: the step (sign for L-inf, normalised gradient for L2) as a multiple of eps (1.25
+  in the paper); clip_start: clip the random start to [0, 1] before the gradient (see the
+  module docstring)."""
   return ml_collections.ConfigDict(dict(step=1.25, clip_start=True))
 
 
@@ -28,13 +33,14 @@ def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng:
             config) -> jax.Array:
   """The FGSM-RS training input for x (B, H, W, C), a constant of the same shape."""
   noise_rng, attack_rng = jax.random.split(rng)
-  eps = config.eps
-  x_start = x + jax.random.uniform(noise_rng, x.shape, x.dtype, -eps, eps)
+  eps, norm = config.eps, config.norm
+  x_start = x + norms.sample_ball(noise_rng, x.shape, x.dtype, eps, norm)
   if config.fgsm_rs.clip_start:
-    x_start = pgd.project(x_start, x, eps)
+    x_start = norms.project(x_start, x, eps, norm)
   logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
   grad = common.input_gradient(logits_fn, x_start, labels)
-  x_adv = pgd.project(x_start + config.fgsm_rs.step * eps * jnp.sign(grad), x, eps)
+  step = config.fgsm_rs.step * eps * norms.steepest_direction(grad, norm)
+  x_adv = norms.project(x_start + step, x, eps, norm)
   return jax.lax.stop_gradient(x_adv)
 
 
