@@ -17,9 +17,9 @@ Writes FILE.json {"rows": [{"width", "shape": "HxW CinxCout kxk /s", "count", "p
 from one run on one machine; run it on a quiet machine. PyTorch is the optional `bench` extra.
 """
 
-import json
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('widths', ['16', '64'], 'PreActResNet-18 widths.')
@@ -150,13 +153,11 @@ def main(argv):
                'rounds': FLAGS.rounds, 'repeats': FLAGS.repeats,
                'jax_version': jax.__version__, 'torch_version': torch.__version__,
                'torch_threads': torch.get_num_threads(), 'cpu_count': os.cpu_count()}
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
-      f.write(f'Bare convolutions of PreActResNet-18, batch {FLAGS.batch_size}: JAX '
-              f'{jax.__version__} (jit, XLA:CPU) against PyTorch {torch.__version__} '
-              f'({torch.get_num_threads()} threads), median of {FLAGS.rounds} interleaved '
-              f'rounds.\n\n{table(rows, totals)}\n')
+    step_cost.write_results(
+        FLAGS.output, results,
+        f'Bare convolutions of PreActResNet-18, batch {FLAGS.batch_size}: JAX {jax.__version__} '
+        f'(jit, XLA:CPU) against PyTorch {torch.__version__} ({torch.get_num_threads()} '
+        f'threads), median of {FLAGS.rounds} interleaved rounds.\n\n{table(rows, totals)}')
 
 
 if __name__ == '__main__':

@@ -450,10 +450,7 @@ def main(argv):
             f'run, possibly on a busy machine).\n\n')
   print(header + table(results))
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
-      f.write(header + table(results) + '\n')
+    step_cost.write_results(FLAGS.output, results, header + table(results))
 
 
 if __name__ == '__main__':

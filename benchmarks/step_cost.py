@@ -102,6 +102,15 @@ def time_steps(entry: list, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
+def write_results(output: str, results: dict, markdown: str | None = None):
+  """Writes `results` as JSON to `output` and, when given, `markdown` to the .md beside it."""
+  with open(output, 'w') as f:
+    json.dump(results, f, indent=2)
+  if markdown is not None:
+    with open(os.path.splitext(output)[0] + '.md', 'w') as f:
+      f.write(markdown + '\n')
+
+
 def main(argv):
   del argv
   mesh = parallel.make_mesh()
@@ -127,8 +136,7 @@ def main(argv):
   for name, entry in results['methods'].items():
     print(f'{name:<12}{entry["seconds"]:>10.4f}{entry["relative"]:>12.2f}')
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
+    write_results(FLAGS.output, results)
 
 
 if __name__ == '__main__':

@@ -58,7 +58,6 @@ With --autoattack_path=DIR the official code itself runs instead: DIR holds its 
 package (a clone of github.com/fra31/auto-attack, not on PyPI).
 """
 
-import json
 import os
 import re
 import sys
@@ -75,7 +74,8 @@ from absl import logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default
 from latentadv import data
 from latentadv import evaluate
 from latentadv import export
@@ -374,12 +374,8 @@ def main(argv):
   })
   print(f'{description(results)}\n\n{table(results)}')
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
-    stem = os.path.splitext(FLAGS.output)[0]
-    with open(stem + '.md', 'w') as f:
-      f.write(f'{description(results)}\n\n{table(results)}\n')
-    np.savez_compressed(stem + '.npz', **per_example)
+    step_cost.write_results(FLAGS.output, results, f'{description(results)}\n\n{table(results)}')
+    np.savez_compressed(os.path.splitext(FLAGS.output)[0] + '.npz', **per_example)
 
 
 if __name__ == '__main__':

@@ -31,7 +31,6 @@ PyTorch is an optional dependency: pip install -e '.[bench]' (a pinned CPU build
 
 import contextlib
 import functools
-import json
 import os
 import statistics
 import sys
@@ -285,14 +284,12 @@ def main(argv):
   }
   print(table(rows))
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
-      f.write(f'JAX {jax.__version__} ({jax.device_count()} {jax.default_backend()} device(s)) '
-              f'against PyTorch {torch.__version__} ({torch_threads} threads); seconds per '
-              f'training step, median of {FLAGS.rounds} rounds of {FLAGS.steps_per_round} '
-              f'steps; batch {FLAGS.batch_size} (PreActResNet-18), {MNIST_BATCH_SIZE} '
-              f'(MNIST CNN).\n\n{table(rows)}\n')
+    step_cost.write_results(
+        FLAGS.output, results,
+        f'JAX {jax.__version__} ({jax.device_count()} {jax.default_backend()} device(s)) '
+        f'against PyTorch {torch.__version__} ({torch_threads} threads); seconds per training '
+        f'step, median of {FLAGS.rounds} rounds of {FLAGS.steps_per_round} steps; batch '
+        f'{FLAGS.batch_size} (PreActResNet-18), {MNIST_BATCH_SIZE} (MNIST CNN).\n\n{table(rows)}')
 
 
 if __name__ == '__main__':

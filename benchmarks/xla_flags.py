@@ -308,15 +308,13 @@ def main(argv):
   }
   print(table(entries))
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
-      f.write(f'XLA:CPU flag sets, jax {jax.__version__} / jaxlib {jaxlib.__version__}; '
-              f'{FLAGS.model}{f" width {FLAGS.width}" if FLAGS.width else ""}, batch '
-              f'{FLAGS.batch_size}; '
-              f'seconds per training step, median of {FLAGS.rounds} interleaved rounds of '
-              f'{FLAGS.steps_per_round} steps; ratio and loss difference against the baseline '
-              f'of the same run.\n\n{table(entries)}\n')
+    step_cost.write_results(
+        FLAGS.output, results,
+        f'XLA:CPU flag sets, jax {jax.__version__} / jaxlib {jaxlib.__version__}; '
+        f'{FLAGS.model}{f" width {FLAGS.width}" if FLAGS.width else ""}, batch '
+        f'{FLAGS.batch_size}; seconds per training step, median of {FLAGS.rounds} interleaved '
+        f'rounds of {FLAGS.steps_per_round} steps; ratio and loss difference against the '
+        f'baseline of the same run.\n\n{table(entries)}')
 
 
 if __name__ == '__main__':
