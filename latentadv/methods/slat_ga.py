@@ -7,7 +7,8 @@ forward (train mode, its BatchNorm statistics kept) and also takes its input gra
 Loss: the pass-2 cross-entropy + coeff * (1 - mean_i cos(g_x_clean_i, g_x_adv_i)), coeff = 1;
 the parameter gradient goes through g_x_adv (a double backward), while g_x_clean is a
 constant, since SLAT discards pass 1's parameter gradients (as the GradAlign reference code
-does for its first gradient).
+does for its first gradient). This is the paper's method; in the authors' code both gradients
+are detached, so the alignment term never reaches the weights (coeff = 0 trains as that code).
 """
 
 import jax
