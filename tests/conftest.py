@@ -101,6 +101,18 @@ def pgd_minimal_eps(logits_fn, x, y, norm: str, upper: float, bisections: int = 
   return hi
 
 
+def random_hyperplane_problems(b_scale: tuple[float, float]):
+  """(t, w, b) for 40 projection problems in 50 dimensions: points t in [0, 1] (10 coordinates
+  on the box's faces), sparse normals w and offsets b whose reach is a factor drawn from
+  b_scale times that of a random point of the box (factors above 1 can be out of reach)."""
+  rng = np.random.default_rng(0)
+  t = rng.uniform(0, 1, (40, 50))
+  t[:, :10] = rng.choice([0.0, 1.0], (40, 10))
+  w = rng.normal(size=(40, 50)) * (rng.uniform(size=(40, 50)) > 0.2)
+  b = (w * rng.uniform(0, 1, (40, 50))).sum(1) * rng.uniform(*b_scale, 40)
+  return t, w, b
+
+
 def set_key(config, dotted: str, value):
   """Sets config.<dotted> (e.g. 'model.soft_quant.levels') to value."""
   *parents, name = dotted.split('.')

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import pgd_minimal_eps
+from conftest import pgd_minimal_eps, random_hyperplane_problems
 from configs import default
 from latentadv import evaluate
 from latentadv import parallel
@@ -52,11 +52,7 @@ def _reference_projection(t, w, b):
 
 
 def test_projection_is_the_minimal_linf_step_to_the_hyperplane_in_the_box():
-  rng = np.random.default_rng(0)
-  t = rng.uniform(0, 1, (40, 50))
-  t[:, :10] = rng.choice([0.0, 1.0], (40, 10))  # Points on the box's faces.
-  w = rng.normal(size=(40, 50)) * (rng.uniform(size=(40, 50)) > 0.2)
-  b = (w * rng.uniform(0, 1, (40, 50))).sum(1) * rng.uniform(0.5, 3, 40)
+  t, w, b = random_hyperplane_problems((0.5, 3))
   d = np.asarray(fab.project_linf(*map(jnp.asarray, (t, w, b))), np.float64)
   expected = _reference_projection(t, w, b)
   np.testing.assert_allclose(d, expected, atol=1e-5)

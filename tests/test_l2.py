@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import pgd_minimal_eps
+from conftest import pgd_minimal_eps, random_hyperplane_problems
 from configs import default
 from latentadv import evaluate
 from latentadv import methods
@@ -101,11 +101,7 @@ def _reference_projection(t, w, b):
 
 
 def test_projection_is_the_minimal_l2_step_to_the_hyperplane_in_the_box():
-  rng = np.random.default_rng(0)
-  t = rng.uniform(0, 1, (40, 50))
-  t[:, :10] = rng.choice([0.0, 1.0], (40, 10))  # Points on the box's faces.
-  w = rng.normal(size=(40, 50)) * (rng.uniform(size=(40, 50)) > 0.2)
-  b = (w * rng.uniform(0, 1, (40, 50))).sum(1) * rng.uniform(0.3, 4, 40)
+  t, w, b = random_hyperplane_problems((0.3, 4))
   d = np.asarray(fab.project_l2(*map(jnp.asarray, (t, w, b))), np.float64)
   np.testing.assert_allclose(d, _reference_projection(t, w, b), atol=2e-5)
   assert np.all((t + d >= -1e-6) & (t + d <= 1 + 1e-6))
@@ -114,7 +110,7 @@ def test_projection_is_the_minimal_l2_step_to_the_hyperplane_in_the_box():
   np.testing.assert_array_equal(d[w == 0], 0)
   # Inside the box, away from its faces, the step is the unconstrained one, parallel to w.
   t, w = t[:, 10:] * 0.4 + 0.3, w[:, 10:]
-  gap = rng.normal(size=40) * 0.05
+  gap = np.random.default_rng(1).normal(size=40) * 0.05
   d = np.asarray(fab.project_l2(*map(jnp.asarray, (t, w, (w * t).sum(1) - gap))))
   np.testing.assert_allclose(d, -gap[:, None] * w / (w * w).sum(1, keepdims=True), atol=1e-6)
 
