@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from benchmarks import feature_scale
 from configs import default
 from latentadv import data
 from latentadv import models
@@ -108,18 +109,12 @@ def cifar_test_images(data_root):
   return jnp.asarray(images[:128])
 
 
-def _latent_step_fractions(model, images) -> dict[str, float]:
-  """eps_h / std of each SLAT-tapped feature map of `model` at initialisation, in train mode
-  (batch statistics, as SLAT's passes run) on `images`."""
-  method = default.get_config().method
-  variables = models.init_variables(model, jax.random.key(0), images.shape)
-  # The taps' feature maps are the outputs of these submodules (models/preact_resnet.py).
-  producers = {'stem': 'stem_conv', 'stage1': 'stage1_block2'}
-  _, state = model.apply(variables, images, train=True, capture_intermediates=True,
-                         mutable=['batch_stats', 'intermediates'])
-  return {tap: slat.latent_radius(method) / float(
-      state['intermediates'][producers[tap]]['__call__'][0].std())
-          for tap in method.slat.taps}
+def _latent_step_fractions(init: str, images) -> dict[str, float]:
+  """eps_h / std of each SLAT-tapped feature map of the width-16 model initialised with `init`,
+  at initialisation on `images` (train-mode BatchNorm, as SLAT's passes run)."""
+  eps_h = slat.latent_radius(default.get_config().method)
+  return {tap: eps_h / float(h.std())
+          for tap, h in feature_scale.tapped_features(16, init, 0, images).items()}
 
 
 def test_slat_latent_step_is_a_meaningful_fraction_of_the_features(cifar_test_images):
@@ -127,7 +122,7 @@ def test_slat_latent_step_is_a_meaningful_fraction_of_the_features(cifar_test_im
   deviation of every tapped feature map on CIFAR-10; with He init it is not (SLAT then gives
   no robustness: the README's CIFAR-10 results)."""
   default_init = models.MODEL_DEFAULTS['preact_resnet18']['init']
-  fractions = _latent_step_fractions(_preact(16, default_init), cifar_test_images)
+  fractions = _latent_step_fractions(default_init, cifar_test_images)
   assert min(fractions.values()) >= MIN_LATENT_STEP_FRACTION, fractions
-  he_fractions = _latent_step_fractions(_preact(16, 'he'), cifar_test_images)
+  he_fractions = _latent_step_fractions('he', cifar_test_images)
   assert min(he_fractions.values()) < MIN_LATENT_STEP_FRACTION, he_fractions
