@@ -28,6 +28,11 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       crop_padding=4,         # random crop after zero-padding by this many pixels (0 = off)
       flip=True,              # random horizontal flip
       num_train_examples=0,   # use only the first n training examples (0 = all)
+      # 'memory': the whole split as uint8 in every host's memory (CIFAR, MNIST, Tiny-ImageNet);
+      # 'stream': each host reads only its part of each batch from the files (latentadv/stream.py)
+      pipeline='memory',
+      stream_threads=8,       # stream: batches read and decoded in parallel per host
+      stream_prefetch=4,      # stream: batches read ahead of the training step
   ))
 
   config.model = ml_collections.ConfigDict(dict(
@@ -57,10 +62,13 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       batch_size=128,         # global batch size (all devices, all hosts)
       epochs=30,
       learning_rate=0.2,      # peak learning rate
-      schedule='cyclic',      # 'cyclic' (0 -> peak -> 0), 'piecewise', 'cosine', 'constant'
+      schedule='cyclic',      # 'cyclic' (0 -> peak -> 0), 'piecewise', 'cosine', 'constant',
+                              # 'interpolate' (linear between interpolate_points)
       cyclic_peak=0.4,        # fraction of training at which the cyclic schedule peaks
       piecewise_boundaries=(0.5, 0.75),  # fractions of training where the LR is multiplied
       piecewise_factor=0.1,
+      # (fraction of training, fraction of the peak LR) pairs from 0 to 1, for 'interpolate'
+      interpolate_points=((0.0, 0.0), (0.4, 1.0), (1.0, 0.0)),
       momentum=0.9,
       cyclic_momentum_low=0.8,  # SGD momentum at the cyclic LR peak (PyTorch CyclicLR's cycling;
                                 # = momentum for a constant momentum)
@@ -126,6 +134,46 @@ def mnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def tiny_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Switches `config` to Tiny-ImageNet as the SLAT code trains it (64x64, 200 classes, batch
+  64, crop with padding 4 + flip, ImageNet normalisation), on PreActResNet-18 (the SLAT and
+  Backward Smoothing papers' Tiny-ImageNet model; the SLAT code's config names a WRN-28)."""
+  config.data.name = 'tiny_imagenet'
+  config.model.name = 'preact_resnet18'
+  config.optim.batch_size = 64
+  return config
+
+
+def imagenet(config: ml_collections.ConfigDict, eps: float = 4 / 255
+             ) -> ml_collections.ConfigDict:
+  """Switches `config` to Wong et al. 2020's ImageNet recipe (fast_adversarial/ImageNet):
+  ResNet-50 in bfloat16, streamed ImageNet with random-resized crops, 15 epochs of SGD
+  (momentum 0.9, weight decay 1e-4) with the learning rate linear through 0, 0.4, 0.04,
+  0.004, 0.0004 at epochs 0, 1, 6, 12, 15, eps 2/255 or 4/255, FGSM step 1.25 eps.
+  Differences: one 224-pixel size and batch 512 throughout (theirs resizes progressively,
+  128/224/288 pixels at batch 512/224/128), and weight decay on every parameter (theirs
+  exempts BatchNorm and biases)."""
+  config.data.name = 'imagenet2012'
+  config.data.pipeline = 'stream'
+  config.data.crop_padding = 0
+  config.model.name = 'resnet50'
+  config.model.dtype = 'bfloat16'
+  config.method.eps = eps
+  config.optim.batch_size = 512
+  config.optim.epochs = 15
+  config.optim.learning_rate = 0.4
+  config.optim.schedule = 'interpolate'
+  config.optim.interpolate_points = ((0.0, 0.0), (1 / 15, 1.0), (6 / 15, 0.1), (12 / 15, 0.01),
+                                     (1.0, 0.001))
+  config.optim.weight_decay = 1e-4
+  config.train.checkpoint_every_steps = 2500
+  config.eval.batch_size = 256
+  config.eval.n_examples = 10000
+  config.eval.pgd_restarts = 1
+  config.eval.periodic_n_examples = 1000
+  return config
+
+
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
   """Applies a named preset ('' = none) in place; see the module docstring."""
   if preset not in PRESETS:
@@ -133,6 +181,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
   if preset == 'smoke':
     config.data.num_train_examples = 512
     config.model.preact_resnet18.width = 8
+    config.model.resnet50.width = 8
     config.model.wide_resnet.depth = 10
     config.model.wide_resnet.widen_factor = 1
     config.optim.batch_size = 64

@@ -1,8 +1,10 @@
-"""Input pipeline: tfds or canonical local files, training batches, augmentation, eval batches.
+"""In-memory input pipeline: tfds or canonical local files, training batches, augmentation.
 
-Images are float32 in [0, 1], NHWC; labels are int32. `load_split` can return one process's
-contiguous shard of a split (`np.array_split` order); the trainer loads the whole training
-split in every process and `TrainStream` hands each process its part of every global batch.
+Images are NHWC, uint8 in [0, 255] or float32 in [0, 1] (`to_unit_interval` converts, on the
+host or on the device); labels are int32. `load_split` can return one process's contiguous
+shard of a split (`np.array_split` order); the trainer loads the whole training split as uint8
+in every process and `TrainStream` hands each process its part of every global batch. Datasets
+larger than host memory take the streaming path instead (latentadv/stream.py).
 """
 
 from collections.abc import Iterator
@@ -17,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-
-class DataError(ValueError):
-  """A dataset cannot be read: missing directory or file, or a malformed file."""
+from latentadv import image_folders
+from latentadv.image_folders import DataError  # pylint: disable=unused-import (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,12 @@ class DatasetInfo:
   train_size: int
   test_size: int
   tfds_name: str
+  # Records of varying size, resized on the host to image_shape (the streaming path only).
+  variable_size: bool = False
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = {
     'mnist': DatasetInfo(10, (28, 28, 1), (0.1307,), (0.3081,), 60000, 10000, 'mnist'),
     'fashion_mnist': DatasetInfo(
@@ -47,6 +52,14 @@ DATASETS = {
     'svhn': DatasetInfo(
         10, (32, 32, 3), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73257, 26032,
         'svhn_cropped'),
+    # Tiny-ImageNet has no tfds builder: local `tiny-imagenet-200/` folders only
+    # (latentadv/image_folders.py); its 'test' split is the labelled validation set. Its
+    # normalisation is ImageNet's, as in the SLAT code's Tiny-ImageNet config.
+    'tiny_imagenet': DatasetInfo(
+        200, (64, 64, 3), IMAGENET_MEAN, IMAGENET_STD, 100000, 10000, ''),
+    'imagenet2012': DatasetInfo(
+        1000, (224, 224, 3), IMAGENET_MEAN, IMAGENET_STD, 1281167, 50000, 'imagenet2012',
+        variable_size=True),
 }
 
 _IDX_FILES = {
@@ -69,16 +82,23 @@ _DOWNLOADS = {
 }
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
-_CIFAR_RECORDS_PER_FILE = 10000
+CIFAR_RECORDS_PER_FILE = 10000
 
 
 class _BadFile(Exception):
   """A local file is unreadable; the message says what is wrong with it."""
 
 
+def to_unit_interval(images):
+  """uint8 images in [0, 255] as float32 in [0, 1] (numpy or jax arrays); floats unchanged."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255
+  return images
+
+
 def load_split(data_config: Any, split: str, process_index: int = 0,
-               process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
-  """Loads this process's shard of a split.
+               process_count: int = 1, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+  """Loads this process's shard of a split into host memory.
 
   Args:
     data_config: has fields name, source ('tfds' | 'local'), dir (read by 'local'; a
@@ -87,9 +107,10 @@ def load_split(data_config: Any, split: str, process_index: int = 0,
     split: 'train' or 'test'.
     process_index: this process's index in [0, process_count).
     process_count: number of processes sharing the split.
+    dtype: np.float32 (images in [0, 1]) or np.uint8 (raw [0, 255], 4x less memory).
 
   Returns:
-    images float32 (N, H, W, C) in [0, 1] and labels int32 (N,): the process_index-th of
+    images (N, H, W, C) of `dtype` and labels int32 (N,): the process_index-th of
     process_count contiguous shards, in np.array_split order.
   """
   if data_config.name not in DATASETS:
@@ -98,6 +119,9 @@ def load_split(data_config: Any, split: str, process_index: int = 0,
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  if DATASETS[data_config.name].variable_size:
+    raise DataError(f'{data_config.name} does not fit in host memory; set '
+                    "config.data.pipeline='stream'.")
   if data_config.source == 'tfds':
     images, labels = _load_tfds(data_config, split, process_index, process_count)
   elif data_config.source == 'local':
@@ -106,8 +130,10 @@ def load_split(data_config: Any, split: str, process_index: int = 0,
     images, labels = images[start:stop], labels[start:stop]
   else:
     raise ValueError(f"data source must be 'tfds' or 'local', got {data_config.source!r}.")
-  images = images.astype(np.float32)
-  images /= 255
+  if dtype == np.float32:
+    images = to_unit_interval(images)
+  elif dtype != np.uint8:
+    raise ValueError(f'dtype must be np.float32 or np.uint8, got {dtype}.')
   return images, labels.astype(np.int32)
 
 
@@ -118,11 +144,18 @@ def _shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
   return start, start + size + (index < extra)
 
 
+def tfds_name(name: str) -> str:
+  """The tfds builder name of dataset `name`; DataError if tfds has none."""
+  if not DATASETS[name].tfds_name:
+    raise DataError(f'{name} has no tfds builder. Set config.data.source=\'local\' and '
+                    f'config.data.dir to its {image_folders.FOLDER_NAMES[name]}/ folder.')
+  return DATASETS[name].tfds_name
+
+
 def _load_tfds(data_config, split, process_index, process_count):
   """Reads this process's even split with tfds: uint8 (N, H, W, C), integer labels (N,)."""
-  info = DATASETS[data_config.name]
   return tfds.as_numpy(tfds.load(
-      info.tfds_name,
+      tfds_name(data_config.name),
       split=tfds.even_splits(split, process_count)[process_index],
       batch_size=-1,
       as_supervised=True,
@@ -131,20 +164,9 @@ def _load_tfds(data_config, split, process_index, process_count):
 
 def _load_local(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads a whole split from canonical local files: uint8 (N, H, W, C), uint8 labels (N,)."""
-  if name not in _LOCAL_FILES:
-    raise DataError(
-        f'Dataset {name!r} has no local-files reader (local files are supported for '
-        f"{', '.join(_LOCAL_FILES)}). Set config.data.source='tfds' to load it with "
-        'TensorFlow Datasets.')
-  if not root:
-    raise _local_error(name, root, 'config.data.dir is empty')
-  directory = os.path.join(root, name) if os.path.isdir(os.path.join(root, name)) else root
-  if not os.path.isdir(directory):
-    raise _local_error(name, directory, 'the directory does not exist')
-  paths = [os.path.join(directory, f) for f in _LOCAL_FILES[name][split]]
-  missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise _local_error(name, directory, f"missing {', '.join(missing)}")
+  if name in image_folders.FOLDER_NAMES:
+    return _read_folder(name, root, split)
+  paths = local_paths(name, root, split)
   info = DATASETS[name]
   count = info.train_size if split == 'train' else info.test_size
   try:
@@ -152,10 +174,43 @@ def _load_local(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarra
       return _read_cifar10(paths, info.num_classes)
     return _read_idx_pair(*paths, count, info.image_shape, info.num_classes)
   except _BadFile as e:
-    raise _local_error(name, directory, str(e)) from None
+    raise local_error(name, os.path.dirname(paths[0]), str(e)) from None
 
 
-def _local_error(name: str, directory: str, problem: str) -> DataError:
+def local_paths(name: str, root: str, split: str) -> list[str]:
+  """Paths of the canonical files of a split of `name` in `root` (or `root/<name>/`);
+  DataError saying how to fix it when the directory or a file is missing."""
+  if name not in _LOCAL_FILES:
+    raise DataError(
+        f'Dataset {name!r} has no local-files reader (local files are supported for '
+        f"{', '.join([*_LOCAL_FILES, *image_folders.FOLDER_NAMES])}). Set "
+        "config.data.source='tfds' to load it with TensorFlow Datasets.")
+  if not root:
+    raise local_error(name, root, 'config.data.dir is empty')
+  directory = os.path.join(root, name) if os.path.isdir(os.path.join(root, name)) else root
+  if not os.path.isdir(directory):
+    raise local_error(name, directory, 'the directory does not exist')
+  paths = [os.path.join(directory, f) for f in _LOCAL_FILES[name][split]]
+  missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise local_error(name, directory, f"missing {', '.join(missing)}")
+  return paths
+
+
+def _read_folder(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every image of a folder dataset's split: uint8 (N, H, W, C), labels (N,)."""
+  source = image_folders.open_folder(name, root, split)
+  shape = DATASETS[name].image_shape
+  images = np.empty((len(source), *shape), np.uint8)
+  for i, path in enumerate(source.paths):
+    image = image_folders.read_rgb(path)
+    if image.shape != shape:
+      raise DataError(f'{path!r} has shape {image.shape}, expected {shape} for {name}.')
+    images[i] = image
+  return images, source.labels
+
+
+def local_error(name: str, directory: str, problem: str) -> DataError:
   """One message naming the directory, the problem, the expected files and the fixes."""
   expected = [f for split in ('train', 'test') for f in _LOCAL_FILES[name][split]]
   return DataError(
@@ -209,9 +264,9 @@ def _read_cifar10(paths: list[str], num_classes: int) -> tuple[np.ndarray, np.nd
   for path in paths:
     with open(path, 'rb') as f:
       data = f.read()
-    if len(data) != _CIFAR_RECORDS_PER_FILE * record_size:
+    if len(data) != CIFAR_RECORDS_PER_FILE * record_size:
       raise _BadFile(f'{os.path.basename(path)} has {len(data)} bytes, expected '
-                     f'{_CIFAR_RECORDS_PER_FILE * record_size} (truncated or corrupt)')
+                     f'{CIFAR_RECORDS_PER_FILE * record_size} (truncated or corrupt)')
     records.append(np.frombuffer(data, np.uint8).reshape(-1, record_size))
   records = np.concatenate(records)
   labels = records[:, 0]
@@ -221,51 +276,76 @@ def _read_cifar10(paths: list[str], num_classes: int) -> tuple[np.ndarray, np.nd
   return np.ascontiguousarray(images), labels
 
 
-class TrainStream:
-  """Shuffled training batches, a pure function of (seed, step), the same for any process count.
+class BatchPlan:
+  """Which examples make up each training batch: a pure function of (seed, step), the same
+  for any process count.
 
-  Every process holds the whole training split (the datasets here fit in host memory many
-  times over). Epoch e = step // steps_per_epoch visits the split in the order of one global
-  permutation drawn from np.random.default_rng([seed, e]); global batch `step` is the next
-  `batch_size` examples of it (the last partial batch of each epoch is dropped), and process p
-  of P returns the p-th of P contiguous parts of that global batch. So the global batch of a
-  step is the same set and order of examples whatever P is.
+  Epoch e = step // steps_per_epoch visits the num_examples examples in the order of one
+  global permutation drawn from np.random.default_rng([seed, e]); global batch `step` is the
+  next `batch_size` examples of it (the last partial batch of each epoch is dropped), and
+  process p of P takes the p-th of P contiguous parts of that global batch. So the global
+  batch of a step is the same set and order of examples whatever P is.
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
-    if not 0 < batch_size <= len(images):
-      raise ValueError(f'batch_size {batch_size} must be in [1, {len(images)}] (the split size).')
+  def __init__(self, num_examples: int, batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    if not 0 < batch_size <= num_examples:
+      raise ValueError(f'batch_size {batch_size} must be in [1, {num_examples}] (the split size).')
     if batch_size % process_count:
       raise ValueError(f'batch_size {batch_size} must be divisible by the number of processes '
                        f'({process_count}).')
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
-    self.images = images
-    self.labels = labels
+    self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
-    self._local_size = batch_size // process_count
-    self._local_start = process_index * self._local_size
+    self.local_size = batch_size // process_count
+    self.local_start = process_index * self.local_size
     self._epoch_order = (None, None)
 
   @property
   def steps_per_epoch(self) -> int:
+    """Number of full global batches in one pass over the examples."""
+    return self.num_examples // self.batch_size
+
+  def rows(self, step: int) -> np.ndarray:
+    """Indices (local_size,) of this process's examples of global batch `step`."""
+    epoch, index = divmod(step, self.steps_per_epoch)
+    order = self._epoch_order
+    if order[0] != epoch:
+      order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      self._epoch_order = order
+    start = index * self.batch_size + self.local_start
+    return order[1][start:start + self.local_size]
+
+
+class TrainStream:
+  """Training batches from arrays every process holds whole, in the order of a `BatchPlan`."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    self.images = images
+    self.labels = labels
+    self.plan = BatchPlan(len(images), batch_size, seed, process_index, process_count)
+
+  @property
+  def steps_per_epoch(self) -> int:
     """Number of full global batches in one pass over the split."""
-    return len(self.images) // self.batch_size
+    return self.plan.steps_per_epoch
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of global batch `step`: image float32 (b, H, W, C), label int32 (b,).
-
-    b = batch_size / process_count.
-    """
-    epoch, index = divmod(step, self.steps_per_epoch)
-    if self._epoch_order[0] != epoch:
-      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
-      self._epoch_order = (epoch, order)
-    start = index * self.batch_size + self._local_start
-    rows = self._epoch_order[1][start:start + self._local_size]
+    """This process's part of global batch `step`: image (b, H, W, C) of the arrays' dtype,
+    label int32 (b,); b = batch_size / process_count."""
+    rows = self.plan.rows(step)
     return {'image': self.images[rows], 'label': self.labels[rows]}
+
+  def batches(self, first_step: int, stop_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """batch(first_step), ..., batch(stop_step - 1)."""
+    return map(self.batch, range(first_step, stop_step))
+
+  def first_examples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n examples of the split: images (n, H, W, C), labels (n,)."""
+    return self.images[:n], self.labels[:n]
 
 
 def augment(rng: jax.Array, images: jax.Array, crop_padding: int, flip: bool) -> jax.Array:

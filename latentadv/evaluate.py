@@ -63,6 +63,7 @@ from latentadv import data
 from latentadv import models
 from latentadv import parallel
 from latentadv import state as state_lib
+from latentadv import stream
 from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
@@ -206,7 +207,8 @@ class Evaluator:
       chunk = indices[start:start + size]
       padded_size = min(s for s in self._padded_sizes if s >= len(chunk))
       padded = np.concatenate([chunk, np.full(padded_size - len(chunk), chunk[0])])
-      batch = parallel.shard_batch({'image': images[padded], 'label': labels[padded]},
+      batch = parallel.shard_batch({'image': data.to_unit_interval(images[padded]),
+                                    'label': labels[padded]},
                                    self._mesh)
       parts.append([np.asarray(a)[:len(chunk)]
                     for a in fn(batch['image'], batch['label'], number)])
@@ -214,7 +216,7 @@ class Evaluator:
 
   def evaluate(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array
                ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Evaluates images (N, H, W, C) in [0, 1] with labels (N,).
+    """Evaluates images (N, H, W, C) (uint8, or float32 in [0, 1]) with labels (N,).
 
     Returns (record, per_example). record: clean_accuracy, robust_accuracy (worst case over
     all attacks), <attack>_accuracy (robust accuracy after that attack and those before it),
@@ -314,8 +316,8 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
   model, variables = state_lib.restore_variables(workdir, config)
-  images, labels = data.load_split(config.data, 'test', 0, 1)
-  n = config.eval.n_examples or len(labels)
+  images, labels = stream.load_eval_split(config.data, 'test', config.eval.n_examples)
+  n = len(labels)
   suite = config.eval.suite
   surrogate = models.straight_through(model)
   attacks = suite_attacks(suite, config.eval, config.method.eps,

@@ -61,7 +61,8 @@ class CollapseMonitor:
   def __init__(self, config: ml_collections.ConfigDict, model, mesh,
                train_images: np.ndarray, train_labels: np.ndarray, workdir: str,
                progress: dict):
-    """train_images: (N, H, W, C) in [0, 1], train_labels: (N,), the same in every process.
+    """train_images: (N, H, W, C) (uint8, or float32 in [0, 1]), train_labels: (N,), the same
+    in every process.
 
     `progress` is the checkpointed progress record; a resumed run continues its monitor.
     """

@@ -5,6 +5,8 @@ batches are split along their leading axis over the mesh axis 'data'. Each host 
 its own slice of the global batch.
 """
 
+import collections
+from collections.abc import Iterator
 import os
 
 import jax
@@ -58,6 +60,18 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) ->
   """Assembles this process's per-host arrays (b, ...) into global arrays (b * processes, ...)."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+                       size: int = 2) -> Iterator[dict]:
+  """global_batch of each of local_batches, transferred `size` batches ahead of their use, so
+  that the next batch's host-to-device copy overlaps the current step."""
+  in_flight = collections.deque()
+  for local_batch in local_batches:
+    in_flight.append(global_batch(local_batch, mesh))
+    if len(in_flight) >= size:
+      yield in_flight.popleft()
+  yield from in_flight
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:

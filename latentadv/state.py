@@ -46,6 +46,12 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     return optax.piecewise_constant_schedule(peak, boundaries)
   if optim.schedule == 'cosine':
     return optax.cosine_decay_schedule(peak, total_steps)
+  if optim.schedule == 'interpolate':
+    fractions, scales = zip(*optim.interpolate_points)
+    steps = [round(f * total_steps) for f in fractions]
+    return optax.join_schedules(
+        [optax.linear_schedule(peak * a, peak * b, max(1, end - start))
+         for start, end, a, b in zip(steps, steps[1:], scales, scales[1:])], steps[1:-1])
   return optax.constant_schedule(peak)
 
 

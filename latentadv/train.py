@@ -24,6 +24,7 @@ from latentadv import methods
 from latentadv import overfitting
 from latentadv import parallel
 from latentadv import state as state_lib
+from latentadv import stream
 from latentadv import validation
 
 
@@ -31,7 +32,8 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict):
   """Returns train_step(state, batch, rng) -> (new state, metrics) (not yet jitted).
 
-  batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}. The method's noise
+  batch = {'image': (B, H, W, C) uint8 in [0, 255] or float32 in [0, 1], 'label': (B,) int32};
+  uint8 images are converted to float on the device. The method's noise
   is drawn from fold_in(rng, step), the augmentation from fold_in(rng, step // replays) (one
   augmentation per minibatch, see `minibatch_replays`): both depend only on (seed, step).
   A method with a carry (state_lib.init_carry) gets its entries in the batch; one backward
@@ -43,7 +45,8 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   def train_step(state: state_lib.TrainState, batch, rng):
     aug_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step // replays))
     _, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-    images = data.augment(aug_rng, batch['image'], config.data.crop_padding, config.data.flip)
+    images = data.augment(aug_rng, data.to_unit_interval(batch['image']),
+                          config.data.crop_padding, config.data.flip)
 
     def loss_fn(params, carry):
       loss, metrics, model_state = method_loss(
@@ -127,21 +130,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size', mesh)
 
-  train_images, train_labels = data.load_split(config.data, 'train', 0, 1)
-  if config.data.num_train_examples:
-    train_images = train_images[:config.data.num_train_examples]
-    train_labels = train_labels[:config.data.num_train_examples]
-  test_images, test_labels = data.load_split(config.data, 'test', 0, 1)
-  stream = data.TrainStream(train_images, train_labels, config.optim.batch_size, config.seed,
-                            jax.process_index(), jax.process_count())
-  steps_per_epoch = stream.steps_per_epoch
+  train_data = stream.train_batches(config.data, config.optim.batch_size, config.seed,
+                                    jax.process_index(), jax.process_count())
+  test_images, test_labels = stream.load_eval_split(
+      config.data, 'test', max(config.eval.n_examples, config.eval.periodic_n_examples)
+      if config.eval.n_examples else 0)
+  steps_per_epoch = train_data.steps_per_epoch
   total_steps = config.optim.epochs * steps_per_epoch
 
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
   tx = state_lib.make_optimizer(config.optim, schedule)
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  image_shape = train_images.shape[1:]
+  image_shape = data.DATASETS[config.data.name].image_shape
   state = jax.device_put(state_lib.init_state(model, tx, init_rng, image_shape,
                                               state_lib.init_carry(config, image_shape)),
                          parallel.replicated(mesh))
@@ -161,8 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       config), state, mesh)
   replays = minibatch_replays(config)
   periodic_eval = _PeriodicEval(config, model, test_images, test_labels, mesh)
-  monitor = overfitting.CollapseMonitor(config, model, mesh, train_images, train_labels,
-                                        workdir, progress)
+  monitor = overfitting.CollapseMonitor(
+      config, model, mesh, *train_data.first_examples(config.train.co_monitor_examples),
+      workdir, progress)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every_steps)
@@ -172,9 +174,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.method.name, config.data.name, config.model.name, config.optim.epochs,
                steps_per_epoch, config.optim.batch_size, jax.device_count())
   pending, pending_start = [], first_step
+  last_step = first_step if monitor.stopped else total_steps
+  minibatches = parallel.prefetch_to_device(
+      train_data.batches(first_step // replays, -(-last_step // replays)), mesh)
   segment_start = time.perf_counter()
-  for step in range(first_step, first_step if monitor.stopped else total_steps):
-    batch = parallel.global_batch(stream.batch(step // replays), mesh)
+  for step in range(first_step, last_step):
+    if step == first_step or step % replays == 0:
+      batch = next(minibatches)
     state, metrics = train_step(state, batch, rng)
     pending.append(metrics)
     done = step + 1

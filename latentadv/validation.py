@@ -1,10 +1,12 @@
 """Checks a run's config before anything is built; every error names the key and the fix."""
 
 import ml_collections
+import numpy as np
 
 from latentadv import data
 from latentadv import methods
 from latentadv import models
+from latentadv import stream
 from latentadv.attacks import SUITES
 from latentadv.attacks import norms
 
@@ -29,14 +31,24 @@ def validate(config: ml_collections.ConfigDict):
   """Raises ConfigError for the first invalid value in `config`."""
   _one_of(config, 'data.name', data.DATASETS)
   _one_of(config, 'data.source', ('tfds', 'local'))
+  _one_of(config, 'data.pipeline', stream.PIPELINES)
+  if data.DATASETS[config.data.name].variable_size:
+    _require(config.data.pipeline == 'stream', 'data.pipeline', config.data.pipeline,
+             f"'stream' for {config.data.name} (its images differ in size and do not fit in "
+             'host memory)')
   _one_of(config, 'model.name', models.MODELS)
   _one_of(config, 'model.dtype', models.DTYPES)
   _one_of(config, 'model.preact_resnet18.init', models.CONV_INITS)
+  _one_of(config, 'model.resnet50.init', models.RESNET50_INITS)
   _one_of(config, 'method.name', methods.METHODS)
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
   _one_of(config, 'method.slat.eps_h_scale', methods.slat.EPS_H_SCALES)
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
-  _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant'))
+  _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant', 'interpolate'))
+  fractions = [point[0] for point in config.optim.interpolate_points]
+  _require(fractions[0] == 0 and fractions[-1] == 1 and all(np.diff(fractions) > 0),
+           'optim.interpolate_points', config.optim.interpolate_points,
+           '(fraction, LR scale) pairs with fractions increasing from 0 to 1')
   _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
   _one_of(config, 'eval.suite', SUITES)
   _one_of(config, 'eval.norm', norms.NORMS)
@@ -56,7 +68,8 @@ def validate(config: ml_collections.ConfigDict):
               'eval.square_queries', 'eval.periodic_pgd_steps',
               'eval.periodic_pgd_restarts',
               'eval.periodic_n_examples', 'train.log_every_steps',
-              'train.checkpoint_every_steps', 'train.checkpoints_to_keep'):
+              'train.checkpoint_every_steps', 'train.checkpoints_to_keep',
+              'data.stream_threads', 'data.stream_prefetch'):
     section, name = key.split('.')
     value = config[section][name]
     _require(isinstance(value, int) and value > 0, key, value, 'an integer > 0')

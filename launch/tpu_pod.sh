@@ -12,6 +12,12 @@
 #      checkpoints of a multi-host run must go to storage that every host sees;
 #   4. prepare the dataset once into TFDS_DATA_DIR=gs://$BUCKET/tensorflow_datasets (tfds reads
 #      gs:// directly), so the hosts do not all download it at once;
+#      ImageNet: tfds cannot download it; put ILSVRC2012_img_train.tar and
+#      ILSVRC2012_img_val.tar in gs://$BUCKET/imagenet_archives once, and prepare it in the
+#      ArrayRecord format that the streaming pipeline reads by random access:
+#        CONFIG=configs/imagenet_slat.py DATASET=imagenet2012 FILE_FORMAT=array_record \
+#          RUN_NAME=imagenet_slat BUCKET=my-bucket launch/tpu_pod.sh
+#      (preparing ImageNet takes hours on one host; later runs skip it);
 #   5. train on all hosts at once.
 # The TPU VMs' service account needs read/write access to the bucket.
 set -euo pipefail
@@ -26,6 +32,8 @@ BUCKET="${BUCKET:?set BUCKET to a Cloud Storage bucket name (without gs://)}"
 CONFIG="${CONFIG:-configs/cifar_slat.py}"
 DATASET="${DATASET:-cifar10}"  # the tfds name of the config's dataset
 RUN_NAME="${RUN_NAME:-cifar_slat}"
+FILE_FORMAT="${FILE_FORMAT:-tfrecord}"  # array_record for config.data.pipeline='stream'
+MANUAL_DIR="${MANUAL_DIR:-gs://${BUCKET}/imagenet_archives}"  # datasets tfds cannot download
 
 TFDS_DATA_DIR="gs://${BUCKET}/tensorflow_datasets"
 MOUNT='$HOME/bucket'  # expanded on the hosts
@@ -72,7 +80,9 @@ https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" \
 # 4. The dataset, prepared once.
 "${gcloud_tpu[@]}" ssh "$TPU_NAME" --worker=0 --command="set -euo pipefail
   TFDS_DATA_DIR=${TFDS_DATA_DIR} ~/venv/bin/python -c \
-    'import tensorflow_datasets as tfds; tfds.builder(\"${DATASET}\").download_and_prepare()'"
+    'import tensorflow_datasets as tfds
+tfds.builder(\"${DATASET}\", file_format=\"${FILE_FORMAT}\").download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=\"${MANUAL_DIR}\"))'"
 
 # 5. Training: the same command on every host; the global batch is config.optim.batch_size.
 "${gcloud_tpu[@]}" ssh "$TPU_NAME" --worker=all --command="set -euo pipefail

@@ -23,6 +23,11 @@ CASES = {
     'wide_resnet': ({'depth': 10, 'widen_factor': 1}, (2, 16, 16, 3),
                     {'stem': (2, 16, 16, 16), 'stage1': (2, 16, 16, 16),
                      'stage2': (2, 8, 8, 32), 'stage3': (2, 4, 4, 64)}, 64, 'stage1_block1'),
+    # At least 64x64: at 32x32 ResNet-50's stage4 map is 1x1.
+    'resnet50': ({'width': 8}, (2, 64, 64, 3),
+                 {'stem': (2, 16, 16, 8), 'stage1': (2, 16, 16, 32),
+                  'stage2': (2, 8, 8, 64), 'stage3': (2, 4, 4, 128),
+                  'stage4': (2, 2, 2, 256)}, 256, 'stage1_block1'),
 }
 NAMES = sorted(CASES)
 
@@ -161,7 +166,8 @@ def test_input_and_tap_gradients_from_one_grad_call(case):
     with nn.intercept_methods(_at_input_of(consumer, lambda h: h + shift)):
       return _loss(model, variables, x, {})
   feature_grad = jax.jit(jax.grad(shifted_loss))(jnp.zeros_like(zeros['stem']))
-  np.testing.assert_allclose(grad_deltas['stem'], feature_grad, rtol=1e-5, atol=1e-7)
+  # float32 rounding through ResNet-50's 16 blocks reaches ~2e-7.
+  np.testing.assert_allclose(grad_deltas['stem'], feature_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_domain_clip_keeps_features_in_per_sample_channel_range(case):

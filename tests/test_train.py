@@ -125,6 +125,14 @@ def test_piecewise_schedule_decays_at_the_boundaries():
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+def test_interpolate_schedule_is_wong_et_al_imagenet_lr():
+  from configs import imagenet_fgsm_rs  # pylint: disable=import-outside-toplevel
+  optim = imagenet_fgsm_rs.get_config().optim
+  schedule = state_lib.learning_rate_schedule(optim, 1500)  # 100 steps per epoch
+  assert [float(schedule(s)) for s in (0, 50, 100, 350, 600, 1200, 1350, 1500)] == pytest.approx(
+      [0.0, 0.2, 0.4, 0.22, 0.04, 0.004, 0.0022, 0.0004], rel=1e-5)
+
+
 @pytest.mark.parametrize('method, model, tolerance', [
     ('slat', 'preact_resnet18', 2e-5),
     # PGD's 3 sign steps turn reduction-order round-off into a few flipped pixel steps.

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 
 from latentadv.models.mnist_cnn import MnistCNN
 from latentadv.models.preact_resnet import CONV_INITS, PreActResNet18
+from latentadv.models.resnet50 import INITS as RESNET50_INITS
+from latentadv.models.resnet50 import ResNet50
 from latentadv.models.soft_quant import SoftQuantized, has_quantiser, straight_through
 from latentadv.models.taps import COLLECTION
 from latentadv.models.wide_resnet import WideResNet
@@ -16,6 +18,7 @@ from latentadv.models.wide_resnet import WideResNet
 MODELS = {
     'mnist_cnn': MnistCNN,
     'preact_resnet18': PreActResNet18,
+    'resnet50': ResNet50,
     'wide_resnet': WideResNet,
 }
 
@@ -23,6 +26,7 @@ MODELS = {
 MODEL_DEFAULTS = {
     'mnist_cnn': {'normalize': False},  # raw pixels, as the reference (Wong et al.) model
     'preact_resnet18': {'width': 64, 'init': 'torch'},  # 'torch' | 'he' (preact_resnet.py)
+    'resnet50': {'width': 64, 'init': 'torch', 'zero_init_residual': False},  # torchvision's
     'wide_resnet': {'depth': 28, 'widen_factor': 10, 'dropout': 0.3},
 }
 
