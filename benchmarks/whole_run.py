@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 
-import numpy as np
 from absl import app
 from absl import flags
 
@@ -47,12 +46,13 @@ def main(argv):
   del argv
   config = cifar_slat.get_config('cpu')
   config.data.source, config.data.dir = 'local', FLAGS.data_dir
-  config.data.pipeline = FLAGS.pipeline
+  if FLAGS.pipeline != 'memory':
+    config.data.pipeline = FLAGS.pipeline
   config.optim.epochs = FLAGS.epochs
   config.eval.n_examples = 100
   config.eval.periodic_n_examples = 100
   batch_size = config.optim.batch_size
-  images, labels = data.load_split(config.data, 'train', dtype=np.uint8)
+  images, labels = data.load_split(config.data, 'train')
   entry = list(step_cost.compiled_step(config, parallel.make_mesh(), images[:batch_size],
                                        labels[:batch_size]))
   before = step_only_seconds(entry)
