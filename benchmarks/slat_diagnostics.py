@@ -10,7 +10,10 @@ both (what SLAT trains on); and the clean image with BatchNorm on the batch's ow
 (whether the running averages are to blame). Each perturbation is built from the true label and, as a control,
 from a wrong one ((y + 1) mod classes). A model that is more accurate on its own training
 perturbations than on clean images, whatever label built them, has fitted the perturbed
-distribution rather than become robust. Prints and writes JSON (--output).
+distribution rather than become robust. Also the scale of each tapped feature map of the
+trained model (mean over channels of the per-channel std, BatchNorm on batch statistics as
+SLAT's passes run) and the latent radius as a fraction of it: how strong the latent push is at
+the end of training, whichever `eps_h_scale` the run used. Prints and writes JSON (--output).
 """
 
 import json
@@ -30,6 +33,7 @@ from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-impo
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.methods import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.methods import slat  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.models import taps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -56,6 +60,30 @@ def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
   return out
 
 
+def mean_channel_std(model, variables, images: np.ndarray) -> dict[str, jax.Array]:
+  """Per tap, the mean over channels of the per-channel std of its feature map for images
+  (B, H, W, C), BatchNorm on the batch's statistics; a scalar per tap."""
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  _, state = common.forward(model.apply, params, model_state, images, jax.random.key(1),
+                            train=True, capture=(taps.FEATURE_STD,))
+  return {name: std.mean() for name, std in state[taps.FEATURE_STD].items()}
+
+
+def latent_scale(config, stds: dict[str, float]) -> dict[str, dict[str, float]]:
+  """Per tap in config.method.slat.taps: its mean channel std (from `stds`), the mean latent
+  radius SLAT uses there under the run's eps_h_scale, and the radius as a fraction of the std."""
+  cfg = config.method.slat
+  out = {}
+  for name in cfg.taps:
+    radius = slat.latent_radius(config.method)
+    if cfg.eps_h_scale == 'feature_std':
+      radius = radius * stds[name] / cfg.reference_feature_std
+    out[name] = {'mean_channel_std': stds[name], 'latent_radius': radius,
+                 'radius_over_std': radius / stds[name]}
+  return out
+
+
 def main(argv):
   del argv
   data_overrides = {'data.source': 'local', 'data.dir': FLAGS.data_dir} if FLAGS.data_dir else {}
@@ -77,6 +105,12 @@ def main(argv):
         correct[name].append(np.asarray(value))
     results[label_kind] = {name: float(np.concatenate(v).mean()) for name, v in correct.items()}
     print(label_kind, results[label_kind])
+  scale = jax.jit(lambda x: mean_channel_std(model, variables, x))
+  batch_stds = [scale(images[start:start + FLAGS.batch_size])
+                for start in range(0, len(labels), FLAGS.batch_size)]
+  stds = {name: float(np.mean([b[name] for b in batch_stds])) for name in batch_stds[0]}
+  results['latent_scale'] = latent_scale(config, stds)
+  print('latent_scale', results['latent_scale'])
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'slat_diagnostics.json')
   with open(output, 'w') as f:
     json.dump({'workdir': FLAGS.workdir, 'n_examples': len(labels), **results}, f, indent=1)

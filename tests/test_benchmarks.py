@@ -111,3 +111,23 @@ def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it
   perturbed = slat_diagnostics.accuracies(model, variables, config, images, labels, labels)
   assert bool(np.all(perturbed['clean']))
   assert float(np.mean(perturbed['both'])) < 1.0
+
+
+def test_slat_diagnostics_latent_scale_follows_the_run_s_radius_scale():
+  model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
+  variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
+  images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
+  stds = {name: float(std) for name, std in
+          slat_diagnostics.mean_channel_std(model, variables, images).items()}
+  config = default.mnist(default.get_config())
+  config.method.eps = 0.3
+  assert set(config.method.slat.taps) <= set(stds)
+  assert all(std > 0 for std in stds.values())
+  absolute = slat_diagnostics.latent_scale(config, stds)
+  config.method.slat.eps_h_scale = 'feature_std'
+  scaled = slat_diagnostics.latent_scale(config, stds)
+  for name in config.method.slat.taps:
+    assert absolute[name]['latent_radius'] == pytest.approx(0.3)
+    assert absolute[name]['radius_over_std'] == pytest.approx(0.3 / stds[name])
+    assert scaled[name]['radius_over_std'] == pytest.approx(
+        0.3 / config.method.slat.reference_feature_std)
