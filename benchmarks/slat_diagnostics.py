@@ -41,12 +41,16 @@ INPUTS = ('clean', 'input_perturbation', 'latent_perturbation', 'both',
           'clean_batch_statistics')
 
 
+def _split(variables) -> tuple[dict, dict]:
+  """(params, model_state) of a model's variables."""
+  return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+
 def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
                build_labels: np.ndarray) -> dict[str, np.ndarray]:
   """Per-example correctness (B,) on each of INPUTS for images (B, H, W, C) and labels (B,);
   the perturbations are built from build_labels (B,)."""
-  params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  params, model_state = _split(variables)
   x_adv, deltas, _, _ = slat.perturb(model.apply, params, model_state, images, build_labels,
                                   jax.random.key(0), config.method)
   inputs = {'clean': (images, None, False), 'input_perturbation': (x_adv, None, False),
@@ -63,8 +67,7 @@ def accuracies(model, variables, config, images: np.ndarray, labels: np.ndarray,
 def mean_channel_std(model, variables, images: np.ndarray) -> dict[str, jax.Array]:
   """Per tap, the mean over channels of the per-channel std of its feature map for images
   (B, H, W, C), BatchNorm on the batch's statistics; a scalar per tap."""
-  params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  params, model_state = _split(variables)
   _, state = common.forward(model.apply, params, model_state, images, jax.random.key(1),
                             train=True, capture=(taps.FEATURE_STD,))
   return {name: std.mean() for name, std in state[taps.FEATURE_STD].items()}
@@ -73,12 +76,9 @@ def mean_channel_std(model, variables, images: np.ndarray) -> dict[str, jax.Arra
 def latent_scale(config, stds: dict[str, float]) -> dict[str, dict[str, float]]:
   """Per tap in config.method.slat.taps: its mean channel std (from `stds`), the mean latent
   radius SLAT uses there under the run's eps_h_scale, and the radius as a fraction of the std."""
-  cfg = config.method.slat
   out = {}
-  for name in cfg.taps:
-    radius = slat.latent_radius(config.method)
-    if cfg.eps_h_scale == 'feature_std':
-      radius = radius * stds[name] / cfg.reference_feature_std
+  for name in config.method.slat.taps:
+    radius = slat.tap_radius(config.method, stds[name])
     out[name] = {'mean_channel_std': stds[name], 'latent_radius': radius,
                  'radius_over_std': radius / stds[name]}
   return out

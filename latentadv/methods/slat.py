@@ -58,6 +58,16 @@ def latent_radius(config) -> float:
   return config.eps if config.slat.eps_h is None else config.slat.eps_h
 
 
+def tap_radius(config, feature_std: jax.Array | float | None = None) -> jax.Array | float:
+  """SLAT's latent radius at one tap under `config.method` (here `config`): eps_h, or with
+  eps_h_scale='feature_std' eps_h * feature_std / reference_feature_std, where feature_std is
+  the clean tapped feature map's per-channel std (C,) (or any std of it, e.g. a scalar)."""
+  radius = latent_radius(config)
+  if config.slat.eps_h_scale == 'feature_std':
+    radius = radius * feature_std / config.slat.reference_feature_std
+  return radius
+
+
 def zero_perturbations(apply_fn, variables, x: jax.Array, names) -> dict[str, jax.Array]:
   """Zeros shaped like the feature maps at the taps `names` for input x (B, H, W, C)."""
   shapes = models.tap_shapes(apply_fn, variables, x.shape)
@@ -105,9 +115,7 @@ def perturb(apply_fn, params, model_state, x: jax.Array, labels: jax.Array, rng:
   x_adv = jnp.clip(x + delta_x, 0.0, 1.0)
   deltas = {}
   for name, g in grad_latent.items():
-    radius = latent_radius(config)
-    if cfg.eps_h_scale == 'feature_std':
-      radius = radius * feature_std[name] / cfg.reference_feature_std
+    radius = tap_radius(config, feature_std.get(name))
     deltas[name] = jnp.clip(2 * cfg.alpha * radius * jnp.sign(g), -radius, radius)
   return (jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(deltas), grad_x,
           jax.lax.stop_gradient(pass2_state))
