@@ -11,6 +11,7 @@ import sys
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import default
@@ -133,12 +134,24 @@ def test_interpolate_schedule_is_wong_et_al_imagenet_lr():
       [0.0, 0.2, 0.4, 0.22, 0.04, 0.004, 0.0022, 0.0004], rel=1e-5)
 
 
-@pytest.mark.parametrize('method, model, tolerance', [
-    ('slat', 'preact_resnet18', 2e-5),
-    # PGD's 3 sign steps turn reduction-order round-off into a few flipped pixel steps.
-    ('pgd', 'mnist_cnn', 2e-3),
-])
-def test_one_device_and_eight_devices_take_the_same_step(method, model, tolerance):
+def _relative_difference(before, reference, other) -> float:
+  """||other - reference|| / ||reference - before|| over a pytree: how far `other` ends from
+  `reference`, as a fraction of the change `reference` made from `before`."""
+  difference = jax.tree_util.tree_map(lambda r, o: o - r, reference, other)
+  change = jax.tree_util.tree_map(lambda b, r: r - b, before, reference)
+  return float(optax.global_norm(difference) / optax.global_norm(change))
+
+
+@pytest.mark.parametrize('method, model', [('slat', 'preact_resnet18'), ('pgd', 'mnist_cnn')])
+def test_one_device_and_eight_devices_take_the_same_step(method, model):
+  """Two steps on 1 and on 8 devices end at the same parameters and running averages.
+
+  Both methods take sign steps, so the reduction order of 8 devices can flip the sign of a
+  near-zero gradient entry and move the result by a few percent of the step (measured up to
+  4 % for SLAT's parameters, 0.008 % for its running averages). A sharding bug moves it by
+  the step itself: drawing the 8-device run's augmentation from another key gives 108 % and
+  2.7 %.
+  """
   config = default.get_config('smoke')
   if model == 'mnist_cnn':
     config = default.apply_preset(default.mnist(config), 'smoke')
@@ -151,19 +164,23 @@ def test_one_device_and_eight_devices_take_the_same_step(method, model, toleranc
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((16, *shape), dtype=np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32)}
+  initial = jax.device_get(state_lib.init_state(model, tx, jax.random.key(0), shape))
   results = []
   assert jax.device_count() == 8
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), shape),
-                           parallel.replicated(mesh))
+    state = jax.device_put(initial, parallel.replicated(mesh))
     step = train.jit_train_step(
         train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),
         state, mesh)
     for _ in range(2):
       state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
     results.append(jax.device_get((state.params, state.model_state, metrics)))
-  chex.assert_trees_all_close(results[0], results[1], rtol=10 * tolerance, atol=tolerance)
+  (params_1, model_state_1, metrics_1), (params_8, model_state_8, metrics_8) = results
+  assert _relative_difference(initial.params, params_1, params_8) < 0.2
+  if jax.tree_util.tree_leaves(model_state_1):
+    assert _relative_difference(initial.model_state, model_state_1, model_state_8) < 2e-3
+  chex.assert_trees_all_close(metrics_1, metrics_8, rtol=1e-2)
 
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
