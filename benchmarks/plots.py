@@ -19,10 +19,11 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _colours(runs: list[dict]) -> dict[str, str]:
-  """A matplotlib colour per method, in order of first appearance."""
+def _colours(runs: list[dict]) -> dict[str, tuple]:
+  """A distinct RGBA colour per method (up to 20 methods), in order of first appearance."""
   methods = list(dict.fromkeys(run['method'] for run in runs))
-  return {method: f'C{i % 10}' for i, method in enumerate(methods)}
+  palette = matplotlib.colormaps['tab10' if len(methods) <= 10 else 'tab20']
+  return {method: palette(i % palette.N) for i, method in enumerate(methods)}
 
 
 def robust_vs_time(runs: list[dict], path: str):

@@ -10,6 +10,7 @@ from absl.testing import flagsaver
 
 from benchmarks import cifar_suite
 from benchmarks import mnist_suite
+from benchmarks import plots
 from benchmarks import slat_diagnostics
 from benchmarks import suite
 from configs import default
@@ -131,3 +132,17 @@ def test_slat_diagnostics_latent_scale_follows_the_run_s_radius_scale():
     assert absolute[name]['radius_over_std'] == pytest.approx(0.3 / stds[name])
     assert scaled[name]['radius_over_std'] == pytest.approx(
         0.3 / config.method.slat.reference_feature_std)
+
+
+def test_plots_give_each_of_twelve_methods_its_own_colour_and_write_both_figures(tmp_path):
+  methods = [f'method_{i}' for i in range(12)]
+  runs = [dict(_run(method, eps, 0.4, 100.0 + i), history=[
+      {'epoch': 1, 'pgd_accuracy': 0.2}, {'epoch': 2, 'pgd_accuracy': 0.3}])
+          for i, method in enumerate(methods) for eps in (8 / 255, 16 / 255)]
+  colours = plots._colours(runs)  # pylint: disable=protected-access
+  assert len(set(colours.values())) == len(methods)
+  path = tmp_path / 'suite.json'
+  path.write_text(json.dumps({'runs': runs}))
+  plots.main(str(path))
+  assert (tmp_path / 'suite_robust_vs_time.png').stat().st_size > 0
+  assert (tmp_path / 'suite_pgd_per_epoch.png').stat().st_size > 0
