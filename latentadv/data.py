@@ -10,6 +10,7 @@ larger than host memory take the streaming path instead (latentadv/stream.py).
 from collections.abc import Iterator
 import dataclasses
 import gzip
+import importlib.util
 import os
 from typing import Any
 import zlib
@@ -17,7 +18,6 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from latentadv import image_folders
 from latentadv.image_folders import DataError  # pylint: disable=unused-import (re-exported)
@@ -152,8 +152,29 @@ def tfds_name(name: str) -> str:
   return DATASETS[name].tfds_name
 
 
+def import_tfds(needs_tensorflow: bool):
+  """Returns the tensorflow_datasets module, imported only when a tfds dataset is used.
+
+  TensorFlow is needed only to prepare a tfds dataset or to read it whole with `tfds.load`
+  (`needs_tensorflow`); reading a prepared ArrayRecord dataset with `tfds.data_source` is not.
+  A missing package is a DataError that says what to install or how to do without it.
+  """
+  missing = [package for package, module in (('tensorflow-datasets', 'tensorflow_datasets'),
+                                             ('tensorflow-cpu', 'tensorflow'))
+             if (module == 'tensorflow_datasets' or needs_tensorflow)
+             and importlib.util.find_spec(module) is None]
+  if missing:
+    raise DataError(
+        f'config.data.source=\'tfds\' needs {" and ".join(missing)}, which is not installed. '
+        f'Fix: pip install {" ".join(missing)} (\'tensorflow\' off x86-64), or read the '
+        'canonical files with config.data.source=\'local\' and config.data.dir (README, Data).')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
 def _load_tfds(data_config, split, process_index, process_count):
   """Reads this process's even split with tfds: uint8 (N, H, W, C), integer labels (N,)."""
+  tfds = import_tfds(needs_tensorflow=True)
   return tfds.as_numpy(tfds.load(
       tfds_name(data_config.name),
       split=tfds.even_splits(split, process_count)[process_index],

@@ -56,6 +56,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
              'spell it as in configs/default.py, which lists every key.')
 
 
+def _hide_accelerators_from_tensorflow():
+  """Keeps TensorFlow, which tfds uses, off the GPUs that JAX trains on; a no-op without it.
+
+  Only the tfds source imports TensorFlow (latentadv.data.import_tfds); without TensorFlow the
+  trainer runs unchanged on local files and tfds explains what to install where it needs it.
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], 'GPU')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -63,8 +76,8 @@ def main(argv):
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Only process 0 logs progress.
   logging.get_absl_logger().addFilter(_quiet_libraries)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # TF (tfds, TensorBoard) must not take accelerators.
+  if FLAGS.config.data.source == 'tfds':
+    _hide_accelerators_from_tensorflow()
   logging.info('Config:\n%s', FLAGS.config)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

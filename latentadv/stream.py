@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from latentadv import data
@@ -80,9 +79,16 @@ class CifarBinarySource:
 
 
 class TfdsSource:
-  """A tfds dataset prepared in the ArrayRecord format, read with tfds.data_source."""
+  """A tfds dataset prepared in the ArrayRecord format, read with tfds.data_source.
+
+  Reading needs no TensorFlow; preparing the dataset (the first use) does.
+  """
 
   def __init__(self, name: str, split: str, data_dir: str):
+    tfds = data.import_tfds(needs_tensorflow=False)
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if not builder.is_prepared():
+      data.import_tfds(needs_tensorflow=True)  # a DataError if TensorFlow is missing
     self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
 
   def __len__(self) -> int:

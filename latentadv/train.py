@@ -14,12 +14,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 
 from latentadv import checkpoint
 from latentadv import data
 from latentadv import evaluate
+from latentadv import metric_log
 from latentadv import methods
 from latentadv import overfitting
 from latentadv import parallel
@@ -165,9 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   monitor = overfitting.CollapseMonitor(
       config, model, mesh, *train_data.first_examples(config.train.co_monitor_examples),
       workdir, progress)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every_steps)
+  writer = metric_log.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  report_progress = metric_log.ProgressReport(total_steps, config.train.log_every_steps, writer)
 
   first_step = int(state.step)
   logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d device(s).',
