@@ -33,6 +33,8 @@ def robust_vs_time(runs: list[dict], path: str):
   figure, axes = plt.subplots(figsize=(6.5, 4.5))
   labelled = set()
   for run in runs:
+    if run['autoattack'] is None:  # its AutoAttack-style suite has not run
+      continue
     label = f'{run["method"]} (eps {run["eps"]:.3g})'
     axes.scatter(run['train_seconds'], 100 * run['autoattack'], color=colours[run['method']],
                  marker=markers[run['eps']], label=None if label in labelled else label)

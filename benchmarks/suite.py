@@ -17,6 +17,7 @@ Training times come from runs that may share the machine with other work: the ra
 benchmarks/step_cost.py are the fair cost comparison.
 """
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -42,6 +43,10 @@ flags.DEFINE_string('output', None, 'Output path without extension (default: '
                     'benchmarks/results/<suite>).')
 flags.DEFINE_bool('run', True, 'Train and evaluate missing runs; --norun tabulates the '
                   'finished runs only and lists the missing ones.')
+flags.DEFINE_integer('jobs', 1, 'Runs trained and evaluated at the same time (several share '
+                     'one GPU well: a run of batch 128 leaves most of it idle); each gets '
+                     '0.9 / jobs of the accelerator memory unless XLA_PYTHON_CLIENT_MEM_FRACTION '
+                     'is set.')
 flags.DEFINE_list('overrides', [], 'Extra --config.* overrides for every run, e.g. '
                   'optim.epochs=5.')
 
@@ -49,8 +54,12 @@ flags.DEFINE_list('overrides', [], 'Extra --config.* overrides for every run, e.
 def _run(command: list[str], log_path: str):
   """Runs `command` in the repo root, appending its output to log_path; raises on failure."""
   logging.info('%s', ' '.join(command))
+  env = dict(os.environ)
+  if FLAGS.jobs > 1:
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / FLAGS.jobs:.3f}')
   with open(log_path, 'a') as log:
-    result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
   if result.returncode:
     raise RuntimeError(f'{" ".join(command)} failed (exit {result.returncode}); see {log_path}.')
 
@@ -75,25 +84,36 @@ def run_one(config_prefix: str, method: str, seed: int, eps: float, workdir: str
 
 
 def _load(workdir: str) -> dict:
-  """One run's summary from its results.json and eval_autoattack.json."""
+  """One run's summary from its results.json and, once it exists, eval_autoattack.json (the
+  AutoAttack-style suite runs on the kept state; None before it finished)."""
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
-  with open(os.path.join(workdir, 'eval_autoattack.json')) as f:
-    autoattack = json.load(f)
-  return {
+  kept = results.get('kept_state', {'state': 'last', 'final': results['final']})
+  run = {
       'workdir': os.path.relpath(workdir, REPO_ROOT), 'method': results['method'],
       'eps': results['eps'], 'train_seconds': results['train_seconds'],
       'clean': results['final']['clean_accuracy'], 'pgd': results['final']['pgd_accuracy'],
       'pgd_examples': results['final']['n_examples'],
       'pgd_attack': 'PGD-{steps}-{restarts}'.format(**results['final']['attacks']['pgd']),
-      'autoattack_clean': autoattack['clean_accuracy'],
-      'autoattack': autoattack['robust_accuracy'],
-      'autoattack_per_attack': {k: v for k, v in autoattack.items()
-                                if k.endswith('_accuracy') and k != 'robust_accuracy'},
-      'autoattack_examples': autoattack['n_examples'],
-      'autoattack_seconds': autoattack['seconds'],
+      # None: trained without the collapse monitor.
+      'collapsed': (bool(results['co_monitor']['collapses']) if 'co_monitor' in results
+                    else None),
+      'kept_state': kept['state'], 'kept_epoch': kept.get('epoch'),
+      'kept_clean': kept['final']['clean_accuracy'], 'kept_pgd': kept['final']['pgd_accuracy'],
+      'autoattack_clean': None, 'autoattack': None, 'autoattack_per_attack': None,
+      'autoattack_examples': FLAGS.autoattack_examples, 'autoattack_seconds': None,
       'history': results['history'],
   }
+  path = os.path.join(workdir, 'eval_autoattack.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      autoattack = json.load(f)
+    run.update(
+        autoattack_clean=autoattack['clean_accuracy'], autoattack=autoattack['robust_accuracy'],
+        autoattack_per_attack={k: v for k, v in autoattack.items()
+                               if k.endswith('_accuracy') and k != 'robust_accuracy'},
+        autoattack_examples=autoattack['n_examples'], autoattack_seconds=autoattack['seconds'])
+  return run
 
 
 def _recorded_runs(path: str, settings: dict) -> dict[str, dict]:
@@ -111,7 +131,9 @@ def _recorded_runs(path: str, settings: dict) -> dict[str, dict]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-  """Per (method, eps): mean and std over seeds of clean, pgd, autoattack, train_seconds."""
+  """Per (method, eps): mean and std over seeds of clean, pgd, the kept state's clean and pgd
+  (the last state's where a run predates the kept state), autoattack (None unless every seed
+  has it) and train_seconds; how many seeds collapsed (None unless every seed was monitored)."""
   groups = {}
   for run in runs:
     groups.setdefault((run['method'], run['eps']), []).append(run)
@@ -119,32 +141,50 @@ def summarise(runs: list[dict]) -> list[dict]:
   for (method, eps), group in groups.items():
     row = {'method': method, 'eps': eps, 'seeds': len(group), 'pgd_attack': group[0]['pgd_attack'],
            'pgd_examples': group[0]['pgd_examples'],
-           'autoattack_examples': group[0]['autoattack_examples']}
-    for key in ('clean', 'pgd', 'autoattack', 'train_seconds'):
-      values = np.array([run[key] for run in group])
-      row[key] = float(values.mean())
-      row[f'{key}_std'] = float(values.std())
+           'autoattack_examples': group[0]['autoattack_examples'],
+           'collapsed': (None if any(run.get('collapsed') is None for run in group)
+                         else sum(run['collapsed'] for run in group))}
+    values = {key: [run[key] for run in group] for key in
+              ('clean', 'pgd', 'autoattack', 'train_seconds')}
+    values['kept_clean'] = [run.get('kept_clean', run['clean']) for run in group]
+    values['kept_pgd'] = [run.get('kept_pgd', run['pgd']) for run in group]
+    for key, numbers in values.items():
+      known = None not in numbers
+      row[key] = float(np.mean(numbers)) if known else None
+      row[f'{key}_std'] = float(np.std(numbers)) if known else None
     rows.append(row)
   return rows
 
 
+def _percent(row: dict, key: str) -> str:
+  """'mean' or 'mean +- std' in percent over the row's seeds; 'not run' for None."""
+  if row[key] is None:
+    return 'not run'
+  return f'{100 * row[key]:.2f}' + (f' +- {100 * row[key + "_std"]:.2f}'
+                                    if row['seeds'] > 1 else '')
+
+
 def table(rows: list[dict]) -> str:
   """Markdown table of `summarise` rows; time relative to `standard` at the same eps, or at
-  any eps when the suite trained it at one only (its cost does not depend on eps)."""
+  any eps when the suite trained it at one only (its cost does not depend on eps). Clean and
+  PGD are the last state's; the kept state (the best one where the collapse monitor saw a
+  collapse, else the last) has its own clean / PGD column, and the AutoAttack-style suite is
+  run on it."""
   standard = {row['eps']: row['train_seconds'] for row in rows if row['method'] == 'standard'}
   for row in rows:
     if standard and row['eps'] not in standard:
       standard[row['eps']] = next(iter(standard.values()))
-  lines = ['| method | eps | seeds | clean | PGD (attack, n) | AutoAttack-style (n) | train s | '
-           'x standard |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  lines = ['| method | eps | seeds | clean | PGD (attack, n) | collapsed | kept state: clean / PGD '
+           '| AutoAttack-style, kept state (n) | train s | x standard |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for row in rows:
     relative = (f'{row["train_seconds"] / standard[row["eps"]]:.2f}'
                 if row['eps'] in standard else '-')
-    clean, pgd, autoattack = (
-        f'{100 * row[k]:.2f}' + (f' +- {100 * row[k + "_std"]:.2f}' if row['seeds'] > 1 else '')
-        for k in ('clean', 'pgd', 'autoattack'))
-    cells = [clean, f'{pgd} ({row["pgd_attack"]}, {row["pgd_examples"]})',
-             f'{autoattack} ({row["autoattack_examples"]})']
+    cells = [_percent(row, 'clean'), f'{_percent(row, "pgd")} ({row["pgd_attack"]}, '
+             f'{row["pgd_examples"]})', 'not monitored' if row.get('collapsed') is None
+             else f'{row["collapsed"]} of {row["seeds"]}',
+             f'{_percent(row, "kept_clean")} / {_percent(row, "kept_pgd")}',
+             f'{_percent(row, "autoattack")} ({row["autoattack_examples"]})']
     lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
                  f'{" | ".join(cells)} | {row["train_seconds"]:.0f} | {relative} |')
   return '\n'.join(lines)
@@ -168,23 +208,30 @@ def run_suite(suite: str, config_prefix: str, default_methods: list[str],
               'pgd_examples': FLAGS.pgd_examples,
               'autoattack_examples': FLAGS.autoattack_examples}
   recorded = _recorded_runs(output + '.json', settings)
-  runs = []
-  for eps in eps_values:
-    for method in methods:
-      for seed in FLAGS.seeds:
-        name = f'{method}_eps{eps:.4g}_seed{seed}'
-        workdir = os.path.join(root, name)
-        finished = os.path.exists(os.path.join(workdir, 'eval_autoattack.json'))
-        if not finished and name in recorded:
-          logging.info('Recorded in %s.json, not repeated: %s', output, name)
-          runs.append(recorded[name])
-          continue
-        if FLAGS.run:
-          run_one(config_prefix, method, int(seed), eps, workdir)
-        elif not finished:
-          logging.warning('Not finished, left out: %s', workdir)
-          continue
-        runs.append(_load(workdir))
+  planned = [(method, seed, eps, f'{method}_eps{eps:.4g}_seed{seed}')
+             for eps in eps_values for method in methods for seed in FLAGS.seeds]
+  to_run, runs_by_name = [], {}
+  for method, seed, eps, name in planned:
+    workdir = os.path.join(root, name)
+    finished = os.path.exists(os.path.join(workdir, 'eval_autoattack.json'))
+    if not finished and name in recorded and (
+        not FLAGS.run or recorded[name].get('autoattack') is not None):
+      logging.info('Recorded in %s.json, not repeated: %s', output, name)
+      runs_by_name[name] = recorded[name]
+    elif FLAGS.run:
+      to_run.append((method, seed, eps, name))
+    elif os.path.exists(os.path.join(workdir, 'results.json')):
+      if not finished:
+        logging.warning('AutoAttack-style suite not finished, tabulated as not run: %s', workdir)
+      runs_by_name[name] = _load(workdir)
+    else:
+      logging.warning('Not finished, left out: %s', workdir)
+  with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
+    list(pool.map(lambda job: run_one(config_prefix, job[0], int(job[1]), job[2],
+                                      os.path.join(root, job[3])), to_run))
+  for *_, name in to_run:
+    runs_by_name[name] = _load(os.path.join(root, name))
+  runs = [runs_by_name[name] for *_, name in planned if name in runs_by_name]
   selected = {os.path.basename(run['workdir']) for run in runs}
   runs += [run for name, run in recorded.items() if name not in selected]
   rows = summarise(runs)

@@ -7,4 +7,4 @@ def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
   config = default.get_config()
   config.method.name = 'fgsm_rs'
-  return default.apply_preset(config, preset)
+  return default.apply_preset(default.monitor_collapse(config), preset)

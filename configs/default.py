@@ -82,10 +82,14 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       checkpoints_to_keep=2,
       eval_every_epochs=1,    # periodic evaluation on a fixed test subset (0 = off)
       # Catastrophic-overfitting monitor (latentadv/overfitting.py): periodic PGD on the first
-      # co_monitor_examples training examples after each epoch (0 = off); a drop of at least
-      # co_drop below the best is a collapse; co_stop stops there and keeps the best state.
+      # co_monitor_examples training examples after each epoch (0 = off, else >= 100; on in
+      # every single-step recipe, see monitor_collapse); a drop below the best of at least
+      # co_drop AND at least co_relative_drop x the best is a collapse. A collapsed run keeps
+      # its best state (what load_model, evaluate and export use) and trains on to the end;
+      # co_stop stops at the collapse instead.
       co_monitor_examples=0,
-      co_drop=0.2,
+      co_drop=0.05,
+      co_relative_drop=0.5,
       co_stop=False,
   ))
 
@@ -174,10 +178,23 @@ def imagenet(config: ml_collections.ConfigDict, eps: float = 4 / 255
   return config
 
 
+CO_MONITOR_EXAMPLES = {'': 1000, 'smoke': 128, 'cpu': 500}  # per preset
+
+
+def monitor_collapse(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Turns the collapse monitor on (train.co_monitor_examples; apply_preset sizes it): what
+  every single-step recipe does, so that a run that overfits catastrophically hands back its
+  best state, not the collapsed one."""
+  config.train.co_monitor_examples = CO_MONITOR_EXAMPLES['']
+  return config
+
+
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
   """Applies a named preset ('' = none) in place; see the module docstring."""
   if preset not in PRESETS:
     raise ValueError(f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (after a colon).')
+  if config.train.co_monitor_examples:
+    config.train.co_monitor_examples = CO_MONITOR_EXAMPLES[preset]
   if preset == 'smoke':
     config.data.num_train_examples = 512
     config.model.preact_resnet18.width = 8

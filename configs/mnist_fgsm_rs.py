@@ -8,4 +8,4 @@ def get_config(preset: str = ''):
   config = default.mnist(default.get_config())
   config.method.name = 'fgsm_rs'
   config.method.fgsm_rs.clip_start = False  # as the authors' MNIST code
-  return default.apply_preset(config, preset)
+  return default.apply_preset(default.monitor_collapse(config), preset)

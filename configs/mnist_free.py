@@ -12,4 +12,4 @@ def get_config(preset: str = ''):
   config = default.mnist(default.get_config())
   config.method.name = 'free'
   config.method.free.replays = 8
-  return default.apply_preset(config, preset)
+  return default.apply_preset(default.monitor_collapse(config), preset)

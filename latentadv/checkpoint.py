@@ -19,6 +19,24 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/overfitting.py)
+STATES = ('kept', 'last')
+
+
+def state_subdir(workdir: str, state: str = 'kept') -> str:
+  """The checkpoint folder of a workdir's `state`: 'last' is `checkpoints` (the latest step);
+  'kept' is `checkpoints_best` where results.json says the run collapsed and trained on (its
+  kept state is the best one), else `checkpoints` too."""
+  if state not in STATES:
+    raise ValueError(f'state must be one of {STATES}, got {state!r}.')
+  path = os.path.join(workdir, 'results.json')
+  if state == 'kept' and os.path.exists(path):
+    with open(path) as f:
+      if json.load(f).get('kept_state', {}).get('state') == 'best':
+        return BEST_SUBDIR
+  return 'checkpoints'
+
+
 class CheckpointError(RuntimeError):
   """No checkpoint in the directory can be restored."""
 

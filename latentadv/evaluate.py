@@ -297,25 +297,29 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_model(workdir: str):
-  """Returns a jittable `logits = f(x)` for the latest checkpoint in `workdir`.
+def load_model(workdir: str, state: str = 'kept'):
+  """Returns a jittable `logits = f(x)` for the run's kept state in `workdir` (the best state
+  where training collapsed, else the last; `state='last'` for the latest checkpoint).
 
   x: (B, H, W, C) float32 in [0, 1] (the model normalises internally); logits: (B, classes).
   """
-  model, variables = state_lib.restore_variables(workdir, load_config(workdir))
+  model, variables = state_lib.restore_variables(workdir, load_config(workdir), state)
   return functools.partial(model.apply, variables, train=False)
 
 
-def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
-  """Evaluates the latest checkpoint in `workdir` with `config.eval.suite` on the first
+def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
+                     state: str = 'kept') -> dict:
+  """Evaluates the run's `state` in `workdir` ('kept': the best state where training collapsed,
+  else the last; 'last': the latest checkpoint) with `config.eval.suite` on the first
   `config.eval.n_examples` test examples (0 = all) in the threat model config.eval.norm with
-  radius config.method.eps; writes eval_<suite>.json and .npz."""
+  radius config.method.eps; writes eval_<suite>.json and .npz (eval_<suite>_last.* for
+  'last')."""
   if config.eval.norm != config.method.norm:
     logging.warning('Evaluating in %s (config.eval.norm) a run trained in %s: eps = '
                     'config.method.eps = %g is read as an %s radius.',
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
-  model, variables = state_lib.restore_variables(workdir, config)
+  model, variables = state_lib.restore_variables(workdir, config, state)
   images, labels = stream.load_eval_split(config.data, 'test', config.eval.n_examples)
   n = len(labels)
   suite = config.eval.suite
@@ -327,10 +331,11 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict) -> dict:
   record, per_example = evaluator.evaluate(variables, images[:n], labels[:n],
                                            jax.random.key(config.seed + 2))
   record = {'suite': suite, 'label': _LABELS.get(suite, suite), 'norm': config.eval.norm,
-            **record}
+            'state': state, 'checkpoints': checkpoint.state_subdir(workdir, state), **record}
   if jax.process_index() == 0:
-    checkpoint.write_json_atomically(os.path.join(workdir, f'eval_{suite}.json'), record)
-    np.savez_compressed(os.path.join(workdir, f'eval_{suite}.npz'), **per_example)
+    name = f'eval_{suite}' + ('_last' if state == 'last' else '')
+    checkpoint.write_json_atomically(os.path.join(workdir, f'{name}.json'), record)
+    np.savez_compressed(os.path.join(workdir, f'{name}.npz'), **per_example)
   return record
 
 
@@ -376,7 +381,7 @@ def _main(argv):
   del argv
   config = workdir_config(FLAGS.workdir, default.get_config(),
                           config_flags.get_override_values(FLAGS['config']))
-  result = evaluate_workdir(FLAGS.workdir, config)
+  result = evaluate_workdir(FLAGS.workdir, config, FLAGS.state)
   logging.info('%s', json.dumps(result, indent=2))
 
 
@@ -384,6 +389,9 @@ if __name__ == '__main__':
   from configs import default  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
+  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, 'kept: the best state where training '
+                    'collapsed, else the last (results.json kept_state); last: the latest '
+                    'checkpoint.')
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_dict(
       'config', default.get_config(),

@@ -170,8 +170,9 @@ def state_dict_path(output: str) -> str:
 
 
 def export_workdir(workdir: str, config: ml_collections.ConfigDict,
-                   output: str) -> torch.nn.Module:
-  """Converts the latest checkpoint of `workdir` (trained with `config`) to its torch twin,
+                   output: str, state: str = 'kept') -> torch.nn.Module:
+  """Converts the run's `state` in `workdir` (trained with `config`; 'kept': the best state
+  where training collapsed, else the last; 'last': the latest checkpoint) to its torch twin,
   writes it to `output` (torch.save of the module) and its state dict to
   state_dict_path(output), and returns the module (eval mode).
 
@@ -179,7 +180,7 @@ def export_workdir(workdir: str, config: ml_collections.ConfigDict,
   checkpoint, checkpoint.CheckpointError for checkpoints that do not match `config`.
   """
   check_exportable(config)  # before the checkpoint is read
-  _, variables = state_lib.restore_variables(workdir, config)
+  _, variables = state_lib.restore_variables(workdir, config, state)
   module = to_torch(config, variables)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   torch.save(module, output)
@@ -194,7 +195,7 @@ def _main(argv):
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'model.pt')
   try:
     config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), {})
-    module = export_workdir(FLAGS.workdir, config, output)
+    module = export_workdir(FLAGS.workdir, config, output, FLAGS.state)
   except (ExportError, FileNotFoundError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
   parameters = sum(p.numel() for p in module.parameters())
@@ -209,5 +210,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.DEFINE_enum('format', 'torch', FORMATS, 'Export format.')
   flags.DEFINE_string('output', None, 'Path of the exported model (default WORKDIR/model.pt).')
+  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, 'kept: the best state where training '
+                    'collapsed, else the last (results.json kept_state); last: the latest '
+                    'checkpoint.')
   flags.mark_flag_as_required('workdir')
   app.run(_main)

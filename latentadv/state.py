@@ -115,8 +115,12 @@ def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                     opt_state=tx.init(params), carry={} if carry is None else carry)
 
 
-def restore_variables(workdir: str, config: ml_collections.ConfigDict):
-  """(model, variables) of the latest checkpoint in `workdir`; variables for model.apply."""
+def restore_variables(workdir: str, config: ml_collections.ConfigDict, state: str = 'kept'):
+  """(model, variables) of a run's `state` in `workdir`; variables for model.apply.
+
+  state: 'kept' (default: the best state where training collapsed, else the last one; see
+  latentadv/overfitting.py) or 'last' (the latest checkpoint).
+  """
   model = build_model(config)
   tx = make_optimizer(config.optim, learning_rate_schedule(config.optim, 1))
   image_shape = data.DATASETS[config.data.name].image_shape
@@ -127,9 +131,11 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
-  restored = checkpoint.Checkpoints(workdir, every_steps=1, keep=1).restore(abstract)
+  subdir = checkpoint.state_subdir(workdir, state)
+  restored = checkpoint.Checkpoints(workdir, every_steps=1, keep=1, subdir=subdir).restore(
+      abstract)
   if restored is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train into this workdir '
+    raise FileNotFoundError(f'No checkpoint in {workdir}/{subdir}: train into this workdir '
                             'first (python -m latentadv.main --workdir=...).')
   state, _ = restored
   return model, state.variables()

@@ -119,6 +119,12 @@ class _PeriodicEval:
     return self._evaluator(variables, self._images, self._labels, self._rng)
 
 
+_KEPT_STATE_USE = ("the state that latentadv.evaluate.load_model, python -m latentadv.evaluate "
+                   "and python -m latentadv.export use by default: the best state (in "
+                   "checkpoints_best/) where the collapse monitor saw training collapse, else "
+                   "the last state; state='last' / --state=last picks the last state")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and writes the results of the run described by `config` into `workdir`.
 
@@ -216,10 +222,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd_steps,
                                restarts=config.eval.pgd_restarts)
   n = config.eval.n_examples or len(test_labels)
-  final_result = final(state.variables(), test_images[:n],
-                       test_labels[:n], jax.random.key(config.seed + 2))
+
+  def final_evaluation(variables) -> dict:
+    return final(variables, test_images[:n], test_labels[:n], jax.random.key(config.seed + 2))
+
+  final_result = final_evaluation(state.variables())
+  kept = {'state': 'last', 'epoch': int(state.step) // steps_per_epoch, 'step': int(state.step),
+          'final': final_result}
+  if monitor.keeps_best:
+    best = monitor.record['best']
+    kept = {'state': 'best', 'epoch': best['epoch'], 'step': best['step'],
+            'final': final_evaluation(monitor.restore_best(state).variables())}
+  monitor.close()
   writer.write_scalars(total_steps, {'final/clean_accuracy': final_result['clean_accuracy'],
-                                     'final/pgd_accuracy': final_result['pgd_accuracy']})
+                                     'final/pgd_accuracy': final_result['pgd_accuracy'],
+                                     'final/kept_clean_accuracy': kept['final']['clean_accuracy'],
+                                     'final/kept_pgd_accuracy': kept['final']['pgd_accuracy']})
   writer.close()
   images_seen = total_steps * config.optim.batch_size
   results = {
@@ -228,11 +246,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'batch_size': config.optim.batch_size, 'devices': jax.device_count(),
       'train_seconds': progress['train_seconds'],
       'images_per_second': images_seen / max(progress['train_seconds'], 1e-9),
-      'final': final_result, 'history': progress['history'], **monitor.results(),
+      'final': final_result,
+      'kept_state': {**kept, 'collapsed': monitor.enabled and bool(monitor.record['collapses']),
+                     'used_by': _KEPT_STATE_USE},
+      'history': progress['history'], **monitor.results(),
   }
   checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
   logging.info('Final: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
                final_result['clean_accuracy'], config.eval.pgd_steps, config.eval.pgd_restarts,
                final_result['pgd_accuracy'], final_result['n_examples'],
                progress['train_seconds'])
+  if kept['state'] == 'best':
+    logging.warning('Training collapsed (catastrophic overfitting); kept the state of epoch %d: '
+                    'clean %.4f, PGD %.4f. load_model, latentadv.evaluate and latentadv.export '
+                    'use it (state=\'last\' / --state=last for the last state).', kept['epoch'],
+                    kept['final']['clean_accuracy'], kept['final']['pgd_accuracy'])
   return results

@@ -88,7 +88,7 @@ def validate(config: ml_collections.ConfigDict):
   _require(config.eval.n_examples >= 0, 'eval.n_examples', config.eval.n_examples,
            'an integer >= 0 (0 = the whole test set)')
   _validate_soft_quant(config)
-  _validate_collapse_monitor(config.train)
+  _validate_collapse_monitor(config.train, config.data)
   quantile = config.method.eae.quantile
   _require(0 <= quantile <= 1, 'method.eae.quantile', quantile, 'a fraction in [0, 1]')
   replays = config.method.free.replays
@@ -124,13 +124,26 @@ def _validate_soft_quant(config: ml_collections.ConfigDict):
              'config.model.soft_quant.levels (e.g. --config.model.soft_quant.levels=2)')
 
 
-def _validate_collapse_monitor(train: ml_collections.ConfigDict):
+_MIN_MONITOR_EXAMPLES = 100
+
+
+def _validate_collapse_monitor(train: ml_collections.ConfigDict,
+                               data_config: ml_collections.ConfigDict):
   """The catastrophic-overfitting monitor's keys (latentadv/overfitting.py)."""
   examples = train.co_monitor_examples
-  _require(isinstance(examples, int) and examples >= 0, 'train.co_monitor_examples', examples,
-           'an integer >= 0 (0 = monitor off)')
+  _require(isinstance(examples, int) and (examples == 0 or examples >= _MIN_MONITOR_EXAMPLES),
+           'train.co_monitor_examples', examples,
+           f'0 (monitor off) or at least {_MIN_MONITOR_EXAMPLES}: on fewer examples one example '
+           'moves the accuracy by 1 % or more and noise reads as collapse')
+  training_examples = (data_config.num_train_examples
+                       or data.DATASETS[data_config.name].train_size)
+  _require(examples <= training_examples, 'train.co_monitor_examples', examples,
+           f'at most the {training_examples} training examples it is taken from: lower it or '
+           'raise config.data.num_train_examples')
   _require(0 < train.co_drop <= 1, 'train.co_drop', train.co_drop,
            'an accuracy drop in (0, 1]')
+  _require(0 <= train.co_relative_drop <= 1, 'train.co_relative_drop', train.co_relative_drop,
+           'a fraction of the best accuracy in [0, 1]')
   _require(not train.co_stop or examples > 0, 'train.co_stop', train.co_stop,
            'False while train.co_monitor_examples is 0, or set train.co_monitor_examples > 0 '
            '(e.g. 512) to monitor')
