@@ -58,25 +58,36 @@ def test_summary_averages_seeds_and_the_table_reports_time_relative_to_standard(
 
 
 def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
-  finished = tmp_path / 'standard_eps0.1_seed0'
-  finished.mkdir()
   final = {'clean_accuracy': 0.9, 'pgd_accuracy': 0.0, 'n_examples': 100,
            'attacks': {'pgd': {'steps': 50, 'restarts': 10}}}
+  finished = tmp_path / 'standard_eps0.1_seed0'
+  finished.mkdir()
   (finished / 'results.json').write_text(json.dumps(
       {'method': 'standard', 'eps': 0.1, 'train_seconds': 12.0, 'final': final,
        'history': []}))
   (finished / 'eval_autoattack.json').write_text(json.dumps(
       {'clean_accuracy': 0.9, 'robust_accuracy': 0.0, 'apgd-ce_accuracy': 0.0,
        'n_examples': 10, 'seconds': 1.0}))
+  # Trained, collapsed and kept its best state; its AutoAttack-style suite has not run yet.
+  trained = tmp_path / 'slat_eps0.1_seed0'
+  trained.mkdir()
+  kept = {'state': 'best', 'epoch': 3, 'step': 30,
+          'final': dict(final, clean_accuracy=0.5, pgd_accuracy=0.25)}
+  (trained / 'results.json').write_text(json.dumps(
+      {'method': 'slat', 'eps': 0.1, 'train_seconds': 24.0, 'final': final,
+       'kept_state': kept, 'co_monitor': {'collapses': [{'epoch': 4}]}, 'history': []}))
   output = tmp_path / 'table'
   with flagsaver.flagsaver():
-    suite.FLAGS(['mnist_suite', '--methods=standard,slat', '--seeds=0', '--eps=0.1', '--norun',
-                 f'--root={tmp_path}', f'--output={output}'])
+    suite.FLAGS(['mnist_suite', '--methods=standard,slat,fgsm', '--seeds=0', '--eps=0.1',
+                 '--norun', f'--root={tmp_path}', f'--output={output}'])
     suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
   assert [run['method'] for run in json.loads((tmp_path / 'table.json').read_text())['runs']
-          ] == ['standard']
-  assert '| standard | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 0.00 (10) | 12 | 1.00 |' in (
-      tmp_path / 'table.md').read_text()
+          ] == ['standard', 'slat']
+  table = (tmp_path / 'table.md').read_text()
+  assert ('| standard | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | not monitored | 90.00 / 0.00 '
+          '| 0.00 (10) | 12 | 1.00 |') in table
+  assert ('| slat | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 1 of 1 | 50.00 / 25.00 '
+          '| not run (1000) | 24 | 2.00 |') in table
 
 
 def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_only(tmp_path):

@@ -1,6 +1,7 @@
 """Reliability: kill and resume, damaged checkpoints, NaN stops, collapse monitor, bad input."""
 
 import glob
+import importlib
 import os
 import shutil
 import signal
@@ -192,6 +193,11 @@ def test_track_records_one_collapse_per_drop_below_the_best():
     ('co_monitor_examples', -1, 'config.train.co_monitor_examples = -1 is invalid'),
     ('co_drop', 0.0, 'config.train.co_drop = 0.0 is invalid: expected an accuracy drop'),
     ('co_stop', True, 'config.train.co_stop = True is invalid: expected False while'),
+    ('co_monitor_examples', 99, 'config.train.co_monitor_examples = 99 is invalid: expected 0 '
+     r'\(monitor off\) or at least 100'),
+    ('co_monitor_examples', 1000, 'config.train.co_monitor_examples = 1000 is invalid: expected '
+     'at most the 512 training examples'),
+    ('co_relative_drop', 1.5, 'config.train.co_relative_drop = 1.5 is invalid'),
 ])
 def test_invalid_monitor_keys_are_rejected_with_the_key(key, value, message):
   config = _smoke_config()
@@ -200,15 +206,104 @@ def test_invalid_monitor_keys_are_rejected_with_the_key(key, value, message):
     validation.validate(config)
 
 
-def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp_path):
+def test_track_s_relative_drop_catches_a_collapse_from_a_small_best_and_ignores_noise():
+  def collapse_epochs(accuracies):
+    record = {'best': None, 'collapsed': False, 'collapses': []}
+    for epoch, accuracy in enumerate(accuracies, start=1):
+      overfitting.track(record, epoch, epoch, accuracy, drop=0.05, relative_drop=0.5)
+    return [collapse['epoch'] for collapse in record['collapses']]
+
+  # SLAT at 16/255 on one H200 (PGD-10 per epoch): 26.4 % at best, then 12.0 %. An absolute
+  # drop of 0.2 would wait for 6.4 %; half of the best catches it at once.
+  assert collapse_epochs([0.25, 0.264, 0.224, 0.25, 0.217, 0.12, 0.038]) == [6]
+  assert collapse_epochs([0.25, 0.264, 0.14]) == []  # 12.4 points: less than half of 26.4
+  # At tiny accuracies the absolute floor keeps noise out: 6.5 -> 3.0 is not a collapse,
+  # 6.5 -> 0.2 is.
+  assert collapse_epochs([0.065, 0.03, 0.002]) == [3]
+
+
+@pytest.mark.parametrize('preset', default.PRESETS)
+def test_every_single_step_recipe_monitors_collapse_and_the_others_do_not(preset):
+  single_step = {'fgsm', 'fgsm_rs', 'slat', 'slat_ga', 'n_fgsm', 'gradalign', 'free'}
+  for path in sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py'))):
+    name = os.path.basename(path)[:-3]
+    if not name.startswith(('cifar_', 'mnist_')):
+      continue
+    config = importlib.import_module(f'configs.{name}').get_config(preset)
+    expected = default.CO_MONITOR_EXAMPLES[preset] if config.method.name in single_step else 0
+    assert config.train.co_monitor_examples == expected, name
+    validation.validate(config)
+
+
+def test_the_monitor_does_not_change_training(tmp_path):
+  config = _smoke_config('fgsm_rs')
+  config.train.co_monitor_examples = 0
+  unmonitored = train.train_and_evaluate(config, str(tmp_path / 'off'))
+  config.train.co_monitor_examples = 128
+  monitored = train.train_and_evaluate(config, str(tmp_path / 'on'))
+  assert 'co_monitor' in monitored and 'co_monitor' not in unmonitored
+  for key in ('clean_accuracy', 'pgd_accuracy', 'n_examples'):
+    assert monitored['final'][key] == unmonitored['final'][key]
+  for off, on in zip(unmonitored['history'], monitored['history'], strict=True):
+    assert {k: v for k, v in on.items() if not k.startswith('co_') and k != 'train_seconds'} == (
+        {k: v for k, v in off.items() if k != 'train_seconds'})
+  chex.assert_trees_all_equal(
+      state_lib.restore_variables(str(tmp_path / 'off'), config)[1],
+      state_lib.restore_variables(str(tmp_path / 'on'), config)[1])
+
+
+def _collapsing_config():
+  """MNIST smoke, standard training whose Adam step grows 30x after epoch 2: a collapse."""
   config = _smoke_config('standard')
   config.method.eps = 0.05
   config.optim.epochs = 4
   config.optim.learning_rate = 3e-3
-  config.optim.schedule = 'piecewise'  # Adam's step grows 30x after epoch 2: a collapse
+  config.optim.schedule = 'piecewise'
   config.optim.piecewise_boundaries = (0.5,)
   config.optim.piecewise_factor = 30.0
   config.train.co_monitor_examples = 128
+  return config
+
+
+def _clean_accuracy_on_monitored_examples(config, logits_fn) -> float:
+  images, labels = data.load_split(config.data, 'train', 0, 1)
+  logits = jax.jit(logits_fn)(images[:128])
+  return float(np.mean(np.asarray(logits).argmax(-1) == labels[:128]))
+
+
+def test_a_collapsed_run_trains_to_the_end_and_hands_back_its_best_state(tmp_path):
+  config = _collapsing_config()
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(config, workdir)
+
+  history = {h['epoch']: h for h in results['history']}
+  assert sorted(history) == [1, 2, 3, 4] and not results['co_monitor']['stopped']
+  collapse = results['co_monitor']['collapses'][0]
+  best = history[collapse['best_epoch']]
+  kept = results['kept_state']
+  assert kept['state'] == 'best' and kept['collapsed']
+  assert (kept['epoch'], kept['step']) == (best['epoch'], best['step'])
+  assert kept['final']['pgd_accuracy'] > results['final']['pgd_accuracy']
+  assert 'load_model' in kept['used_by'] and "state='last'" in kept['used_by']
+
+  # load_model, evaluate and export read the kept (best) state unless told 'last'.
+  assert _clean_accuracy_on_monitored_examples(config, evaluate.load_model(workdir)) == (
+      best['co_clean_accuracy'])
+  assert _clean_accuracy_on_monitored_examples(
+      config, evaluate.load_model(workdir, state='last')) == history[4]['co_clean_accuracy']
+  config.eval.n_examples = 64
+  kept_record = evaluate.evaluate_workdir(workdir, config)
+  last_record = evaluate.evaluate_workdir(workdir, config, state='last')
+  assert (kept_record['state'], kept_record['checkpoints']) == ('kept', 'checkpoints_best')
+  assert (last_record['state'], last_record['checkpoints']) == ('last', 'checkpoints')
+  assert kept_record['clean_accuracy'] == kept['final']['clean_accuracy']
+  assert last_record['clean_accuracy'] == results['final']['clean_accuracy']
+  assert os.path.exists(os.path.join(workdir, 'eval_pgd.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval_pgd_last.json'))
+
+
+def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp_path):
+  config = _collapsing_config()
   config.train.co_stop = True
   workdir = str(tmp_path)
   results = train.train_and_evaluate(config, workdir)
@@ -226,11 +321,11 @@ def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp
 
   # The last checkpoint holds the best state: its clean accuracy on the monitored examples is
   # the best epoch's, not the collapsed one's.
-  images, labels = data.load_split(config.data, 'train', 0, 1)
-  logits = jax.jit(evaluate.load_model(workdir))(images[:128])
-  clean = float(np.mean(np.asarray(logits).argmax(-1) == labels[:128]))
+  clean = _clean_accuracy_on_monitored_examples(config, evaluate.load_model(workdir))
   assert clean == best['co_clean_accuracy'] != history[3]['co_clean_accuracy']
   assert _steps(workdir, 'checkpoints_best') == [best['step']]
+  assert results['kept_state']['state'] == 'last'  # the best state became the last one
+  assert results['kept_state']['step'] == best['step'] and results['kept_state']['collapsed']
 
   # Running the command again keeps the stopped run as it is.
   again = train.train_and_evaluate(config, workdir)
