@@ -4,15 +4,19 @@ The engine of `mnist_suite.py` and `cifar_suite.py`. For each (method, seed) it 
   python -m latentadv.main --config=configs/<prefix>_<method>.py[:preset] --workdir=ROOT/<run>
 (its final evaluation is the config's PGD, e.g. PGD-50-10, on --pgd_examples test images), then
   python -m latentadv.evaluate --workdir=ROOT/<run> --config.eval.suite=autoattack
-on the first --autoattack_examples test images. Runs whose results exist are not repeated, so
+on the first --autoattack_examples test images (it attacks the run's kept state: the best one
+where the collapse monitor saw training collapse, else the last). --jobs=N runs N (method,
+seed, eps) runs at a time, e.g. sharing one GPU. Runs whose results exist are not repeated, so
 an interrupted suite continues where it stopped (--norun only tabulates the finished runs,
 e.g. while the others are still training). Runs recorded in an existing OUTPUT.json with the
 same settings count as finished too, so a suite can be extended on a machine that does not
 hold the earlier run directories (another --output starts afresh), and recorded runs that this
 invocation did not select (other --methods, --eps or --seeds) are kept. It then writes OUTPUT.json
-(every run and the per-method means over seeds) and OUTPUT.md (a markdown table: clean, PGD,
-AutoAttack-style worst case, train time and train time relative to `standard`; mean +- std
-over seeds when there are several).
+(every run and the per-method means over seeds) and OUTPUT.md (a markdown table: clean and PGD
+of the last state, how many seeds collapsed, clean and PGD of the kept state, AutoAttack-style
+worst case of the kept state, train time and train time relative to `standard`; mean +- std
+over seeds when there are several). With --norun, a trained run whose AutoAttack-style suite
+has not finished is tabulated with "not run" there.
 Training times come from runs that may share the machine with other work: the ratios in
 benchmarks/step_cost.py are the fair cost comparison.
 """

@@ -90,6 +90,42 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
           '| not run (1000) | 24 | 2.00 |') in table
 
 
+def _fake_run_one(calls: list):
+  """A suite.run_one that records its (method, seed, eps) and writes a finished run."""
+
+  def run_one(config_prefix, method, seed, eps, workdir):
+    del config_prefix
+    calls.append((method, seed, eps))
+    os.makedirs(workdir, exist_ok=True)
+    final = {'clean_accuracy': 0.5, 'pgd_accuracy': 0.25, 'n_examples': 0,
+             'attacks': {'pgd': {'steps': 50, 'restarts': 10}}}
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump({'method': method, 'eps': eps, 'train_seconds': 1.0, 'final': final,
+                 'history': []}, f)
+    with open(os.path.join(workdir, 'eval_autoattack.json'), 'w') as f:
+      json.dump({'clean_accuracy': 0.5, 'robust_accuracy': 0.2, 'n_examples': 1000,
+                 'seconds': 1.0}, f)
+  return run_one
+
+
+def test_paper_scale_runs_the_single_step_methods_at_three_radii_with_the_full_recipe(
+    tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(suite, 'run_one', _fake_run_one(calls))
+  output = tmp_path / 'paper'
+  with flagsaver.flagsaver():
+    suite.FLAGS(['cifar_suite', '--scale=paper', '--jobs=3', '--seeds=0',
+                 f'--root={tmp_path / "runs"}', f'--output={output}'])
+    cifar_suite.main([])
+    assert (suite.FLAGS.preset, suite.FLAGS.pgd_examples) == ('', 0)
+  assert sorted(calls) == sorted((method, 0, eps) for method in cifar_suite.PAPER_METHODS
+                                 for eps in cifar_suite.PAPER_EPS)
+  written = json.loads((tmp_path / 'paper.json').read_text())
+  assert written['settings']['preset'] == '' and written['settings']['pgd_examples'] == 0
+  assert [(run['method'], run['eps']) for run in written['runs']] == [
+      (method, eps) for eps in cifar_suite.PAPER_EPS for method in cifar_suite.PAPER_METHODS]
+
+
 def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_only(tmp_path):
   output = tmp_path / 'table'
   recorded = dict(_run('slat', 0.1, 0.8, 20.0), workdir='runs/x/slat_eps0.1_seed0',
