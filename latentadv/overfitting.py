@@ -48,10 +48,9 @@ def track(record: dict, epoch: int, step: int, pgd_accuracy: float, drop: float,
 
   `record` (updated in place) holds 'best' ({'epoch', 'step', 'pgd_accuracy'} or None),
   'collapsed' (whether the previous epoch was collapsed) and 'collapses' (a list). An epoch
-  is collapsed if its accuracy is at least `drop` below the best so far; only the first epoch
-  of a collapsed run is a new collapse. Ties with the best move the best to the later epoch.
-  An epoch is collapsed if its accuracy is at least `drop` below the best so far and at least
-  `relative_drop` times the best below it.
+  is collapsed if its accuracy is below the best so far by at least `drop` and by at least
+  `relative_drop` times the best; only the first epoch of a collapsed run is a new collapse.
+  Ties with the best move the best to the later epoch.
   """
   best = record['best']
   collapsed = best is not None and best['pgd_accuracy'] - pgd_accuracy >= max(
@@ -93,7 +92,8 @@ class CollapseMonitor:
     self._rng = jax.random.key(config.seed + 3)
     self._drop, self._relative_drop = config.train.co_drop, config.train.co_relative_drop
     self._stop = config.train.co_stop
-    self._best = checkpoint.Checkpoints(workdir, every_steps=1, keep=1, subdir=checkpoint.BEST_SUBDIR,
+    self._best = checkpoint.Checkpoints(workdir, every_steps=1, keep=1,
+                                        subdir=checkpoint.BEST_SUBDIR,
                                         remove_interrupted_saves=True)
     self.record = progress.setdefault('co_monitor', {
         'examples': len(self._labels), 'drop': self._drop,
@@ -147,8 +147,9 @@ class CollapseMonitor:
     restored = self._best.restore(checkpoint.abstract_like(like))
     if restored is None:
       raise checkpoint.CheckpointError(
-          f'No best checkpoint in {checkpoint.BEST_SUBDIR}/ to restore (it was deleted, or the run was '
-          'started by a version that saved none). Fix: rerun from scratch in a new --workdir.')
+          f'No best checkpoint in {checkpoint.BEST_SUBDIR}/ to restore (it was deleted, or the '
+          'run was started by a version that saved none). Fix: rerun from scratch in a new '
+          '--workdir.')
     return restored[0]
 
   def close(self):
