@@ -30,7 +30,7 @@ from latentadv.data import sources
 from latentadv.data import transforms
 
 PIPELINES = ('memory', 'stream')
-_READ_THREADS = 8  # threads reading a whole split or an evaluation subset
+_READ_THREADS = 8  # threads reading an evaluation subset
 
 
 class BatchPlan:
@@ -235,8 +235,7 @@ def load_split(data_config: Any, split: str, process_index: int = 0,
         process_count)
   elif data_config.source == 'local':
     source = sources.open_source(data_config, split)
-    images, labels = sources.read_rows(source, range(*_shard_bounds(
-        len(source), process_index, process_count)), info.image_shape, threads=_READ_THREADS)
+    images, labels = source.read(*_shard_bounds(len(source), process_index, process_count))
   else:
     raise ValueError(f"data source must be 'tfds' or 'local', got {data_config.source!r}.")
   if dtype == np.float32:
