@@ -27,11 +27,11 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.attacks import pgd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.data import readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', '', 'Trained run to attack ("" = an initialised MNIST CNN).')
@@ -61,7 +61,7 @@ def main(argv):
   else:
     config.data.name, config.model.name = 'mnist', 'mnist_cnn'
   config.data.source, config.data.dir = 'local', FLAGS.data_dir
-  images, labels = data.load_split(config.data, 'test', 0, 1)
+  images, labels = readers.load_split(config.data, 'test', 0, 1)
   logits_fn = jax.jit(_logits_fn(FLAGS.workdir, config))
   eps, steps, size = FLAGS.eps, FLAGS.steps, FLAGS.batch_size
   ours = jax.jit(functools.partial(pgd.fooled_in_restart, logits_fn, eps=eps,

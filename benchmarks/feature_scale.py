@@ -22,11 +22,12 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default
-from latentadv import data
 from latentadv import models
+from latentadv.data import datasets
+from latentadv.data import readers
 from latentadv.methods import slat
 
-CIFAR = data.DATASETS['cifar10']
+CIFAR = datasets.DATASETS['cifar10']
 # The submodule whose output each SLAT tap perturbs (models/preact_resnet.py).
 TAP_PRODUCERS = {'stem': 'stem_conv', 'stage1': 'stage1_block2'}
 
@@ -49,7 +50,7 @@ def main(argv):
   del argv
   config = default.get_config().data
   config.source, config.dir = 'local', FLAGS.data_dir
-  images = data.load_split(config, 'test')[0][:FLAGS.n_examples]
+  images = readers.load_split(config, 'test')[0][:FLAGS.n_examples]
   eps_h = slat.latent_radius(default.get_config().method)
   rows = []
   for init in ('torch', 'he'):

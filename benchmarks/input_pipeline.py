@@ -30,10 +30,9 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar_slat
-from latentadv import data
-from latentadv import image_folders
 from latentadv import parallel
-from latentadv import stream
+from latentadv.data import readers
+from latentadv.data import transforms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', '', 'Directory of the CIFAR-10 binary files.')
@@ -46,13 +45,14 @@ flags.DEFINE_integer('stream_batches', 20, 'Batches read per streaming measureme
 
 def memory_path(config, mesh) -> dict:
   """Host bytes of the training split and median seconds per step fed float32 or uint8."""
-  images, labels = data.load_split(config.data, 'train', dtype=np.uint8)
+  images, labels = readers.load_split(config.data, 'train', dtype=np.uint8)
   result = {'train_split_bytes_float32': int(images.size * 4),
             'train_split_bytes_uint8': int(images.nbytes)}
-  streams = {'float32': data.TrainStream(data.to_unit_interval(images[:10000]), labels[:10000],
-                                         config.optim.batch_size, config.seed),
-             'uint8': data.TrainStream(images[:10000], labels[:10000], config.optim.batch_size,
-                                       config.seed)}
+  streams = {'float32': readers.MemoryBatches(transforms.to_unit_interval(images[:10000]),
+                                              labels[:10000], config.optim.batch_size,
+                                              config.seed),
+             'uint8': readers.MemoryBatches(images[:10000], labels[:10000],
+                                            config.optim.batch_size, config.seed)}
   entries = {}
   for dtype, train_stream in streams.items():
     first = train_stream.batch(0)
@@ -80,17 +80,23 @@ def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarr
   return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
-def _write_folder(root: str, sizes: list[tuple[int, int]], classes: int = 10) -> None:
-  """An ImageNet-layout folder root/train/<class>/<i>.JPEG of smooth images of `sizes`."""
+def _write_folder(root: str, sizes: list[tuple[int, int]], name: str, classes: int = 10) -> None:
+  """The training split of folder dataset `name` (its layout, datasets.FOLDER_LAYOUTS) under
+  root/: smooth images of `sizes` in `classes` class folders."""
   rng = np.random.default_rng(0)
+  wnids = [f'n{c:08d}' for c in range(classes)]
+  os.makedirs(root)
+  with open(os.path.join(root, 'wnids.txt'), 'w') as f:  # read by the tiny_imagenet layout only
+    f.write('\n'.join(wnids) + '\n')
   for i, (height, width) in enumerate(sizes):
-    folder = os.path.join(root, 'train', f'n{i % classes:08d}')
+    folder = os.path.join(root, 'train', wnids[i % classes],
+                          *(['images'] if name == 'tiny_imagenet' else []))
     os.makedirs(folder, exist_ok=True)
     Image.fromarray(_smooth_image(rng, height, width)).save(
         os.path.join(folder, f'{i}.JPEG'), quality=90)
 
 
-def throughput(batches: stream.StreamBatches) -> float:
+def throughput(batches: readers.Batches) -> float:
   """Images per second of batches(1, 1 + n) after one warm-up batch (n = --stream_batches)."""
   batches.batch(0)
   start = time.perf_counter()
@@ -101,23 +107,25 @@ def throughput(batches: stream.StreamBatches) -> float:
 def stream_path(config) -> dict:
   """Images per second of one host's StreamBatches on three kinds of data."""
   result = {'threads': FLAGS.threads, 'cores': os.cpu_count()}
-  cifar = stream.open_source(config.data, 'train')
-  result['cifar10_binary_images_per_second'] = throughput(stream.StreamBatches(
-      cifar, (32, 32, 3), 128, 0, threads=FLAGS.threads))
+  data_config = config.data.copy_and_resolve_references()
+  data_config.pipeline, data_config.num_train_examples = 'stream', 0
+  data_config.stream_threads = FLAGS.threads
+
+  def stream(name: str, directory: str, batch_size: int) -> readers.Batches:
+    data_config.name, data_config.dir = name, directory
+    return readers.train_batches(data_config, batch_size, 0, 0, 1)
+  result['cifar10_binary_images_per_second'] = throughput(stream('cifar10', FLAGS.data_dir, 128))
   rng = np.random.default_rng(1)
   with tempfile.TemporaryDirectory() as tmp:
     tiny = os.path.join(tmp, 'tiny')
-    _write_folder(tiny, [(64, 64)] * 1500)
-    source = image_folders.open_folder('imagenet2012', tiny, 'train')
-    result['jpeg_64px_images_per_second'] = throughput(stream.StreamBatches(
-        source, (64, 64, 3), 64, 0, threads=FLAGS.threads))
+    _write_folder(tiny, [(64, 64)] * 1500, 'tiny_imagenet')
+    result['jpeg_64px_images_per_second'] = throughput(stream('tiny_imagenet', tiny, 64))
     large = os.path.join(tmp, 'large')
     sizes = [(int(rng.integers(300, 500)), int(rng.integers(350, 500))) for _ in range(700)]
-    _write_folder(large, sizes)
-    source = image_folders.open_folder('imagenet2012', large, 'train')
+    _write_folder(large, sizes, 'imagenet2012')
     result['jpeg_imagenet_like_pixels'] = float(np.mean([h * w for h, w in sizes]))
-    result['jpeg_imagenet_like_images_per_second'] = throughput(stream.StreamBatches(
-        source, (224, 224, 3), 32, 0, variable_size=True, threads=FLAGS.threads))
+    result['jpeg_imagenet_like_images_per_second'] = throughput(
+        stream('imagenet2012', large, 32))
   return result
 
 

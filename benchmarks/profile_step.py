@@ -41,7 +41,8 @@ category most of them have (instructions without metadata abstain; none left: `o
     respect to the input; the rest are forward.
   batchnorm: source stack through flax/linen/normalization.py, or an op_name naming a BatchNorm
     module (bn1, bn2, final_bn, BatchNorm, batch_norm); forward and backward.
-  augmentation: source stack through latentadv.data.augment (crop, flip, their random numbers).
+  augmentation: source stack through latentadv.data.transforms.augment (crop, flip, their random
+    numbers).
   slat_tap_clip: source stack through latentadv.models.taps.tap (the perturbation's add, the
     per-sample per-channel min/max, the clip and its straight-through gradient; only perturbed
     taps emit ops).
@@ -87,8 +88,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel
+from latentadv.data import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.models import taps
 
 FLAGS = flags.FLAGS
@@ -219,7 +220,8 @@ def source_category(instruction: Instruction, hlo: Hlo) -> str | None:
   if not (instruction.frame or instruction.op_name):
     return None
   stack = hlo.stacks.get(instruction.frame, ())
-  if any(file == data.__file__ and function.startswith('augment') for file, function in stack):
+  if any(file == transforms.__file__ and function.startswith('augment')
+         for file, function in stack):
     return 'augmentation'
   if any(file == taps.__file__ and function == 'tap' for file, function in stack):
     return 'slat_tap_clip'

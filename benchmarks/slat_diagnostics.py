@@ -28,9 +28,10 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv.data import readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.methods import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.methods import slat  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.models import taps  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -91,9 +92,9 @@ def main(argv):
   if config.method.name not in ('slat', 'slat_ga'):
     raise app.UsageError(f'{FLAGS.workdir} was trained with {config.method.name}, not SLAT.')
   model, variables = state_lib.restore_variables(FLAGS.workdir, config)
-  images, labels = data.load_split(config.data, 'test')
+  images, labels = readers.load_split(config.data, 'test')
   images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]
-  classes = data.DATASETS[config.data.name].num_classes
+  classes = datasets.DATASETS[config.data.name].num_classes
   run = jax.jit(lambda x, y, build: accuracies(model, variables, config, x, y, build))
   results = {}
   for label_kind in ('true_label', 'wrong_label'):

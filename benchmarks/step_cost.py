@@ -24,11 +24,11 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from latentadv import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import methods
+from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv import train
+from latentadv.data import datasets
 
 FLAGS = flags.FLAGS
 
@@ -61,7 +61,7 @@ def make_config(method: str, model: str, width: int, batch_size: int):
 def random_batch(config, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Fixed random images (batch_size, H, W, C) in [0, 1] of the config's dataset shape and
   int32 labels (batch_size,) in [0, 10)."""
-  shape = data.DATASETS[config.data.name].image_shape
+  shape = datasets.DATASETS[config.data.name].image_shape
   rng = np.random.default_rng(0)
   images = rng.random((batch_size, *shape), dtype=np.float32)
   labels = rng.integers(0, 10, batch_size).astype(np.int32)

@@ -76,12 +76,12 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default
-from latentadv import data
 from latentadv import evaluate
 from latentadv import export
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv.attacks import SUITES
+from latentadv.data import readers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Training run to evaluate (a directory with config.json).')
@@ -342,7 +342,7 @@ def main(argv):
   torch.manual_seed(REFERENCE_SEED)  # foolbox's random starts
   model, variables = state_lib.restore_variables(FLAGS.workdir, config)
   module = export.to_torch(config, variables)
-  images, labels = data.load_split(config.data, 'test', 0, 1)
+  images, labels = readers.load_split(config.data, 'test', 0, 1)
   images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
   y = torch.from_numpy(labels).long()

@@ -24,9 +24,9 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar_slat
-from latentadv import data
 from latentadv import parallel
 from latentadv import train
+from latentadv.data import readers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', '', 'Directory of the CIFAR-10 binary files.')
@@ -52,7 +52,7 @@ def main(argv):
   config.eval.n_examples = 100
   config.eval.periodic_n_examples = 100
   batch_size = config.optim.batch_size
-  images, labels = data.load_split(config.data, 'train')
+  images, labels = readers.load_split(config.data, 'train')
   entry = list(step_cost.compiled_step(config, parallel.make_mesh(), images[:batch_size],
                                        labels[:batch_size]))
   before = step_only_seconds(entry)

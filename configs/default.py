@@ -29,7 +29,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       flip=True,              # random horizontal flip
       num_train_examples=0,   # use only the first n training examples (0 = all)
       # 'memory': the whole split as uint8 in every host's memory (CIFAR, MNIST, Tiny-ImageNet);
-      # 'stream': each host reads only its part of each batch from the files (latentadv/stream.py)
+      # 'stream': each host reads only its part of each batch from the files
+      # (latentadv/data/readers.py)
       pipeline='memory',
       stream_threads=8,       # stream: batches read and decoded in parallel per host
       stream_prefetch=4,      # stream: batches read ahead of the training step

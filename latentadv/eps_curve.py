@@ -22,12 +22,12 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import evaluate
 from latentadv import models
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv.attacks import norms
+from latentadv.data import readers
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -40,7 +40,7 @@ def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
   Evaluates the first config.eval.n_examples test examples (0 = all).
   """
   model, variables = state_lib.restore_variables(workdir, config)
-  images, labels = data.load_split(config.data, 'test', 0, 1)
+  images, labels = readers.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
   mesh = parallel.make_mesh()
   result = {}

@@ -59,11 +59,9 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import models
 from latentadv import parallel
 from latentadv import state as state_lib
-from latentadv import stream
 from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
@@ -71,6 +69,8 @@ from latentadv.attacks import fab
 from latentadv.attacks import norms
 from latentadv.attacks import pgd
 from latentadv.attacks import square
+from latentadv.data import readers
+from latentadv.data import transforms
 
 # fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool, or (fooled (B,) bool,
 # norm (B,)) for an attack with a norm_key; run is a traced int32.
@@ -207,7 +207,7 @@ class Evaluator:
       chunk = indices[start:start + size]
       padded_size = min(s for s in self._padded_sizes if s >= len(chunk))
       padded = np.concatenate([chunk, np.full(padded_size - len(chunk), chunk[0])])
-      batch = parallel.shard_batch({'image': data.to_unit_interval(images[padded]),
+      batch = parallel.shard_batch({'image': transforms.to_unit_interval(images[padded]),
                                     'label': labels[padded]},
                                    self._mesh)
       parts.append([np.asarray(a)[:len(chunk)]
@@ -320,7 +320,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
   model, variables = state_lib.restore_variables(workdir, config, state)
-  images, labels = stream.load_eval_split(config.data, 'test', config.eval.n_examples)
+  images, labels = readers.eval_split(config.data, 'test', config.eval.n_examples)
   n = len(labels)
   suite = config.eval.suite
   surrogate = models.straight_through(model)

@@ -32,10 +32,10 @@ from absl import flags
 from absl import logging
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import evaluate
 from latentadv import state as state_lib
 from latentadv import torch_models
+from latentadv.data import datasets
 
 FORMATS = ('torch',)
 EXPORTABLE = ('mnist_cnn', 'preact_resnet18', 'wide_resnet')
@@ -70,7 +70,7 @@ def torch_model(config: ml_collections.ConfigDict) -> torch.nn.Module:
   Raises ExportError for a model that cannot be exported (check_exportable).
   """
   check_exportable(config)
-  info = data.DATASETS[config.data.name]
+  info = datasets.DATASETS[config.data.name]
   height, width, channels = info.image_shape
   options = config.model[config.model.name]
   if config.model.name == 'preact_resnet18':
@@ -156,7 +156,7 @@ def to_torch(config: ml_collections.ConfigDict, variables: Mapping) -> torch.nn.
   module = torch_model(config)
   params = variables['params']
   if config.model.name == 'mnist_cnn':
-    state = _mnist_cnn_state(params, data.DATASETS[config.data.name].image_shape)
+    state = _mnist_cnn_state(params, datasets.DATASETS[config.data.name].image_shape)
   else:
     state = _resnet_state(config.model.name, params, variables['batch_stats'])
   module.load_state_dict(state)

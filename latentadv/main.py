@@ -19,10 +19,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import parallel
 from latentadv import train
 from latentadv import validation
+from latentadv.data import datasets
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py), optionally '
@@ -59,8 +59,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _hide_accelerators_from_tensorflow():
   """Keeps TensorFlow, which tfds uses, off the GPUs that JAX trains on; a no-op without it.
 
-  Only the tfds source imports TensorFlow (latentadv.data.import_tfds); without TensorFlow the
-  trainer runs unchanged on local files and tfds explains what to install where it needs it.
+  Only the tfds source imports TensorFlow (latentadv.data.sources.import_tfds); without
+  TensorFlow the trainer runs unchanged on local files and tfds explains what to install where it
+  needs it.
   """
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -81,7 +82,7 @@ def main(argv):
   logging.info('Config:\n%s', FLAGS.config)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validation.ConfigError, data.DataError, checkpoint.CheckpointError) as error:
+  except (validation.ConfigError, datasets.DataError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
 
 

@@ -12,9 +12,9 @@ import ml_collections
 import optax
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import methods
 from latentadv import models
+from latentadv.data import datasets
 
 
 @flax.struct.dataclass
@@ -85,7 +85,7 @@ def make_optimizer(optim: ml_collections.ConfigDict,
 
 def build_model(config: ml_collections.ConfigDict):
   """The Flax model named by config.model (with its soft-quantiser if on), for config.data."""
-  info = data.DATASETS[config.data.name]
+  info = datasets.DATASETS[config.data.name]
   return models.create_model(config.model.name, config.model[config.model.name].to_dict(),
                              num_classes=info.num_classes, mean=info.mean, std=info.std,
                              soft_quant=config.model.soft_quant.to_dict(),
@@ -123,7 +123,7 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict, state: st
   """
   model = build_model(config)
   tx = make_optimizer(config.optim, learning_rate_schedule(config.optim, 1))
-  image_shape = data.DATASETS[config.data.name].image_shape
+  image_shape = datasets.DATASETS[config.data.name].image_shape
   carry = init_carry(config, image_shape)
   abstract = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, carry),
                             jax.random.key(0))

@@ -16,15 +16,16 @@ import optax
 from absl import logging
 
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import evaluate
 from latentadv import metric_log
 from latentadv import methods
 from latentadv import overfitting
 from latentadv import parallel
 from latentadv import state as state_lib
-from latentadv import stream
 from latentadv import validation
+from latentadv.data import datasets
+from latentadv.data import readers
+from latentadv.data import transforms
 
 
 def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
@@ -44,8 +45,8 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   def train_step(state: state_lib.TrainState, batch, rng):
     aug_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step // replays))
     _, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-    images = data.augment(aug_rng, data.to_unit_interval(batch['image']),
-                          config.data.crop_padding, config.data.flip)
+    images = transforms.augment(aug_rng, transforms.to_unit_interval(batch['image']),
+                                config.data.crop_padding, config.data.flip)
 
     def loss_fn(params, carry):
       loss, metrics, model_state = method_loss(
@@ -135,9 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size', mesh)
 
-  train_data = stream.train_batches(config.data, config.optim.batch_size, config.seed,
-                                    jax.process_index(), jax.process_count())
-  test_images, test_labels = stream.load_eval_split(
+  train_data = readers.train_batches(config.data, config.optim.batch_size, config.seed,
+                                     jax.process_index(), jax.process_count())
+  test_images, test_labels = readers.eval_split(
       config.data, 'test', max(config.eval.n_examples, config.eval.periodic_n_examples)
       if config.eval.n_examples else 0)
   steps_per_epoch = train_data.steps_per_epoch
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
   tx = state_lib.make_optimizer(config.optim, schedule)
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  image_shape = data.DATASETS[config.data.name].image_shape
+  image_shape = datasets.DATASETS[config.data.name].image_shape
   state = jax.device_put(state_lib.init_state(model, tx, init_rng, image_shape,
                                               state_lib.init_carry(config, image_shape)),
                          parallel.replicated(mesh))

@@ -3,12 +3,12 @@
 import ml_collections
 import numpy as np
 
-from latentadv import data
 from latentadv import methods
 from latentadv import models
-from latentadv import stream
 from latentadv.attacks import SUITES
 from latentadv.attacks import norms
+from latentadv.data import datasets
+from latentadv.data import readers
 
 
 class ConfigError(ValueError):
@@ -29,10 +29,10 @@ def _one_of(config, key: str, choices):
 
 def validate(config: ml_collections.ConfigDict):
   """Raises ConfigError for the first invalid value in `config`."""
-  _one_of(config, 'data.name', data.DATASETS)
+  _one_of(config, 'data.name', datasets.DATASETS)
   _one_of(config, 'data.source', ('tfds', 'local'))
-  _one_of(config, 'data.pipeline', stream.PIPELINES)
-  if data.DATASETS[config.data.name].variable_size:
+  _one_of(config, 'data.pipeline', readers.PIPELINES)
+  if datasets.DATASETS[config.data.name].variable_size:
     _require(config.data.pipeline == 'stream', 'data.pipeline', config.data.pipeline,
              f"'stream' for {config.data.name} (its images differ in size and do not fit in "
              'host memory)')
@@ -136,7 +136,7 @@ def _validate_collapse_monitor(train: ml_collections.ConfigDict,
            f'0 (monitor off) or at least {_MIN_MONITOR_EXAMPLES}: on fewer examples one example '
            'moves the accuracy by 1 % or more and noise reads as collapse')
   training_examples = (data_config.num_train_examples
-                       or data.DATASETS[data_config.name].train_size)
+                       or datasets.DATASETS[data_config.name].train_size)
   _require(examples <= training_examples, 'train.co_monitor_examples', examples,
            f'at most the {training_examples} training examples it is taken from: lower it or '
            'raise config.data.num_train_examples')

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from latentadv import data
 from latentadv.attacks import losses
 from latentadv.attacks import norms
+from latentadv.data import readers
 
 jax.config.update('jax_num_cpu_devices', 8)
 
@@ -63,10 +63,10 @@ def mnist_mlp(data_root):
   labels (N,) as numpy): an undefended classifier for attack tests."""
   config = ml_collections.ConfigDict(
       dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
-  images, labels = data.load_split(config, 'train')
+  images, labels = readers.load_split(config, 'train')
   model = MLP()
   variables = train_classifier(model, images, labels)
-  return (model, variables, *data.load_split(config, 'test'))
+  return (model, variables, *readers.load_split(config, 'test'))
 
 
 def pgd_minimal_eps(logits_fn, x, y, norm: str, upper: float, bisections: int = 8,

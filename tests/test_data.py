@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from latentadv import data
+from latentadv.data import datasets
+from latentadv.data import readers
+from latentadv.data import transforms
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 
@@ -33,7 +35,7 @@ def load():
 
   def get(name, split):
     if (name, split) not in cache:
-      cache[name, split] = data.load_split(_config(name), split)
+      cache[name, split] = readers.load_split(_config(name), split)
     return cache[name, split]
 
   return get
@@ -49,7 +51,7 @@ def load():
 ])
 def test_local_split_shapes_range_and_label_counts(load, name, split, counts):
   images, labels = load(name, split)
-  info = data.DATASETS[name]
+  info = datasets.DATASETS[name]
   size = info.train_size if split == 'train' else info.test_size
   chex.assert_shape(images, (size, *info.image_shape))
   chex.assert_shape(labels, (size,))
@@ -68,7 +70,7 @@ def test_pixel_means_match_known_values_and_dataset_info(load):
   fashion, _ = load('fashion_mnist', 'train')
   for name, images in [('mnist', mnist), ('fashion_mnist', fashion), ('cifar10', cifar)]:
     measured = images.reshape(-1, images.shape[-1]).mean(axis=0, dtype=np.float64)
-    np.testing.assert_allclose(data.DATASETS[name].mean, measured, atol=1e-3)
+    np.testing.assert_allclose(datasets.DATASETS[name].mean, measured, atol=1e-3)
 
 
 def test_cifar10_records_are_transposed_to_hwc(load):
@@ -82,7 +84,7 @@ def test_cifar10_records_are_transposed_to_hwc(load):
 @pytest.mark.parametrize('name, count', [('mnist', 2), ('mnist', 3), ('cifar10', 2)])
 def test_process_shards_concatenate_to_the_whole_split(load, name, count):
   images, labels = load(name, 'test')
-  shards = [data.load_split(_config(name), 'test', i, count) for i in range(count)]
+  shards = [readers.load_split(_config(name), 'test', i, count) for i in range(count)]
   expected_sizes = [len(part) for part in np.array_split(labels, count)]
   assert [len(shard_labels) for _, shard_labels in shards] == expected_sizes
   np.testing.assert_array_equal(np.concatenate([s[0] for s in shards]), images)
@@ -90,15 +92,15 @@ def test_process_shards_concatenate_to_the_whole_split(load, name, count):
 
 
 def test_local_dir_may_hold_the_files_directly():
-  images, labels = data.load_split(_config('mnist', directory=os.path.join(DATA_DIR, 'mnist')),
-                                   'test', 1, 4)
+  images, labels = readers.load_split(
+      _config('mnist', directory=os.path.join(DATA_DIR, 'mnist')), 'test', 1, 4)
   chex.assert_shape(images, (2500, 28, 28, 1))
   chex.assert_shape(labels, (2500,))
 
 
 def _error_message(config, split='test'):
-  with pytest.raises(data.DataError) as error:
-    data.load_split(config, split)
+  with pytest.raises(datasets.DataError) as error:
+    readers.load_split(config, split)
   assert isinstance(error.value, ValueError)
   return str(error.value)
 
@@ -177,19 +179,19 @@ def test_datasets_without_local_reader_point_to_tfds():
 
 def test_bad_arguments_raise_value_error():
   with pytest.raises(ValueError, match='Unknown dataset'):
-    data.load_split(_config('imagenet'), 'train')
+    readers.load_split(_config('imagenet'), 'train')
   with pytest.raises(ValueError, match='split'):
-    data.load_split(_config('mnist'), 'validation')
+    readers.load_split(_config('mnist'), 'validation')
   with pytest.raises(ValueError, match='source'):
-    data.load_split(_config('mnist', source='gcs'), 'test')
+    readers.load_split(_config('mnist', source='gcs'), 'test')
   with pytest.raises(ValueError, match='process_index'):
-    data.load_split(_config('mnist'), 'test', 2, 2)
+    readers.load_split(_config('mnist'), 'test', 2, 2)
 
 
 @pytest.mark.parametrize('name', ['mnist', 'cifar10'])
 def test_tfds_source_returns_float_images_and_int_labels(tmp_path, name):
   # Mocked tfds needs split sizes in the metadata to honour batch_size=-1.
-  builder = tfds.builder(data.DATASETS[name].tfds_name, data_dir=str(tmp_path))
+  builder = tfds.builder(datasets.DATASETS[name].tfds_name, data_dir=str(tmp_path))
   builder.info.set_splits(tfds.core.SplitDict([
       tfds.core.SplitInfo(name=split, shard_lengths=[12], num_bytes=0)
       for split in ('train', 'test')]))
@@ -198,10 +200,10 @@ def test_tfds_source_returns_float_images_and_int_labels(tmp_path, name):
   with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path),
                               policy=tfds.testing.MockPolicy.USE_FILES):
     with mock.patch.object(tfds, 'load', wraps=tfds.load) as load:
-      images, labels = data.load_split(
+      images, labels = readers.load_split(
           _config(name, source='tfds', tfds_data_dir=str(tmp_path)), 'train', 1, 2)
   assert load.call_args.kwargs['split'] == tfds.even_splits('train', 2)[1]
-  chex.assert_shape(images, (12, *data.DATASETS[name].image_shape))
+  chex.assert_shape(images, (12, *datasets.DATASETS[name].image_shape))
   assert images.dtype == np.float32 and labels.dtype == np.int32
   assert 0.0 <= images.min() and images.max() <= 1.0 and images.max() > 0.5
   assert set(labels.tolist()) <= set(range(10))
@@ -216,10 +218,10 @@ def _toy_examples(n=50):
 
 def test_train_stream_is_a_pure_function_of_seed_and_step():
   images, labels = _toy_examples()
-  stream = data.TrainStream(images, labels, batch_size=8, seed=3)
+  stream = readers.MemoryBatches(images, labels, batch_size=8, seed=3)
   assert stream.steps_per_epoch == 6
   late = stream.batch(13)  # Visit a later epoch first: batches must not depend on history.
-  fresh = data.TrainStream(images, labels, batch_size=8, seed=3)
+  fresh = readers.MemoryBatches(images, labels, batch_size=8, seed=3)
   for step in (0, 5, 13):
     chex.assert_trees_all_equal(stream.batch(step), fresh.batch(step))
   chex.assert_trees_all_equal(late, fresh.batch(13))
@@ -228,20 +230,20 @@ def test_train_stream_is_a_pure_function_of_seed_and_step():
   assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
   np.testing.assert_array_equal(batch['image'][:, 0, 0, 0], batch['label'])
   assert not np.array_equal(stream.batch(0)['label'], stream.batch(1)['label'])
-  other_seed = data.TrainStream(images, labels, batch_size=8, seed=4)
+  other_seed = readers.MemoryBatches(images, labels, batch_size=8, seed=4)
   assert not np.array_equal(stream.batch(0)['label'], other_seed.batch(0)['label'])
 
 
 def test_train_stream_epoch_covers_distinct_examples_and_reshuffles():
   images, labels = _toy_examples()
-  stream = data.TrainStream(images, labels, batch_size=8, seed=0)
+  stream = readers.MemoryBatches(images, labels, batch_size=8, seed=0)
   epochs = [np.concatenate([stream.batch(e * 6 + i)['label'] for i in range(6)])
             for e in range(2)]
   for seen in epochs:
     assert len(np.unique(seen)) == 48  # 50 // 8 full batches, remainder dropped.
   assert not np.array_equal(epochs[0], epochs[1])
   with pytest.raises(ValueError, match='batch_size'):
-    data.TrainStream(images, labels, batch_size=51, seed=0)
+    readers.MemoryBatches(images, labels, batch_size=51, seed=0)
 
 
 def _random_images(batch=64, height=6, width=5, channels=3):
@@ -250,7 +252,7 @@ def _random_images(batch=64, height=6, width=5, channels=3):
 
 def test_augment_is_deterministic_and_keeps_shape():
   images = _random_images()
-  augment = jax.jit(data.augment, static_argnames=('crop_padding', 'flip'))
+  augment = jax.jit(transforms.augment, static_argnames=('crop_padding', 'flip'))
   out = augment(jax.random.key(1), images, crop_padding=2, flip=True)
   chex.assert_shape(out, images.shape)
   chex.assert_type(out, images.dtype)
@@ -260,12 +262,12 @@ def test_augment_is_deterministic_and_keeps_shape():
 
 def test_augment_without_crop_or_flip_is_identity():
   images = _random_images()
-  chex.assert_trees_all_equal(data.augment(jax.random.key(1), images, 0, False), images)
+  chex.assert_trees_all_equal(transforms.augment(jax.random.key(1), images, 0, False), images)
 
 
 def test_augment_flip_mirrors_some_images_and_keeps_others():
   images = np.asarray(_random_images())
-  out = np.asarray(data.augment(jax.random.key(1), images, crop_padding=0, flip=True))
+  out = np.asarray(transforms.augment(jax.random.key(1), images, crop_padding=0, flip=True))
   kept = np.all(out == images, axis=(1, 2, 3))
   mirrored = np.all(out == images[:, :, ::-1], axis=(1, 2, 3))
   assert np.all(kept ^ mirrored)
@@ -276,7 +278,7 @@ def test_augment_crop_shifts_content_within_padding():
   pad = 2
   images = np.asarray(_random_images())
   height, width = images.shape[1:3]
-  out = np.asarray(data.augment(jax.random.key(1), images, crop_padding=pad, flip=False))
+  out = np.asarray(transforms.augment(jax.random.key(1), images, crop_padding=pad, flip=False))
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   offsets = set()
   for i in range(len(images)):
@@ -289,7 +291,7 @@ def test_augment_crop_shifts_content_within_padding():
 
 def test_eval_batches_cover_every_example_once_with_masks():
   images, labels = _toy_examples(10)
-  batches = list(data.eval_batches(images, labels, batch_size=4))
+  batches = list(readers.eval_batches(images, labels, batch_size=4))
   assert len(batches) == 3
   for batch in batches:
     chex.assert_shape([batch['image'], batch['label'], batch['mask']],
@@ -304,16 +306,16 @@ def test_eval_batches_cover_every_example_once_with_masks():
 def test_eval_batches_pad_to_num_batches_across_processes():
   images, labels = _toy_examples(10)
   process_count, batch_size = 4, 2
-  num_batches = data.eval_num_batches(10, process_count, batch_size)
+  num_batches = readers.eval_num_batches(10, process_count, batch_size)
   assert num_batches == 2  # Shards of 3, 3, 2, 2 examples.
   seen = []
   for shard in np.array_split(np.arange(10), process_count):
-    batches = list(data.eval_batches(images[shard], labels[shard], batch_size, num_batches))
+    batches = list(readers.eval_batches(images[shard], labels[shard], batch_size, num_batches))
     assert len(batches) == num_batches
     seen.extend(np.concatenate([b['label'][b['mask']] for b in batches]))
   np.testing.assert_array_equal(seen, labels)
-  extra = list(data.eval_batches(images, labels, batch_size=4, num_batches=5))
+  extra = list(readers.eval_batches(images, labels, batch_size=4, num_batches=5))
   assert [b['mask'].sum() for b in extra] == [4, 4, 2, 0, 0]
-  assert data.eval_num_batches(10000, 3, 128) == 27  # Largest shard: 3334 examples.
+  assert readers.eval_num_batches(10000, 3, 128) == 27  # Largest shard: 3334 examples.
   with pytest.raises(ValueError, match='num_batches'):
-    list(data.eval_batches(images, labels, batch_size=4, num_batches=2))
+    list(readers.eval_batches(images, labels, batch_size=4, num_batches=2))

@@ -11,9 +11,9 @@ import pytest
 from conftest import MLP
 from conftest import train_classifier
 from configs import default
-from latentadv import data
 from latentadv import evaluate
 from latentadv import parallel
+from latentadv.data import readers
 from latentadv.models import soft_quant
 
 EPS = 0.06  # Leaves the undefended MLP below partly robust under PGD.
@@ -24,8 +24,8 @@ def mnist(data_root):
   """(train images, train labels, first 256 test images, their labels) of MNIST."""
   config = ml_collections.ConfigDict(
       dict(name='mnist', source='local', dir=data_root, tfds_data_dir=''))
-  train_images, train_labels = data.load_split(config, 'train')
-  test_images, test_labels = data.load_split(config, 'test')
+  train_images, train_labels = readers.load_split(config, 'train')
+  test_images, test_labels = readers.load_split(config, 'test')
   return train_images, train_labels, test_images[:256], test_labels[:256]
 
 

@@ -13,12 +13,12 @@ from conftest import DATA_ROOT
 from conftest import REPO_ROOT
 from configs import default
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import evaluate
 from latentadv import export
 from latentadv import parallel
 from latentadv import train
 from latentadv import torch_models
+from latentadv.data import readers
 
 MODELS = {'mnist_cnn': torch_models.MnistCNN, 'preact_resnet18': torch_models.PreActResNet18,
           'wide_resnet': torch_models.WideResNet}
@@ -70,7 +70,7 @@ def test_exported_model_and_state_dict_compute_our_logits(model, tmp_path, monke
                       lambda devices=None: make_mesh(devices or jax.devices()[:1]))
   with jax.default_prng_impl('rbg'):
     train.train_and_evaluate(config, workdir)
-  images = data.load_split(config.data, 'test')[0][:64]
+  images = readers.load_split(config.data, 'test')[0][:64]
   ours = np.asarray(jax.jit(evaluate.load_model(workdir))(images))
 
   if model == 'mnist_cnn':  # the CLI, once

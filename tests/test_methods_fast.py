@@ -14,11 +14,12 @@ import pytest
 
 from configs import default
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import methods
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv import train
+from latentadv.data import datasets
+from latentadv.data import readers
 from latentadv.methods import common
 from latentadv.methods import eae
 from latentadv.methods import single_step_reg
@@ -217,7 +218,7 @@ def _free_step(config, mesh=None, learning_rate=None):
     config.optim.schedule, config.optim.learning_rate = 'constant', learning_rate
   schedule = state_lib.learning_rate_schedule(config.optim, 100)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  shape = data.DATASETS[config.data.name].image_shape
+  shape = datasets.DATASETS[config.data.name].image_shape
   mesh = mesh or parallel.make_mesh(jax.devices()[:1])
   state = jax.device_put(
       state_lib.init_state(model, tx, jax.random.key(0), shape,
@@ -271,7 +272,7 @@ def test_free_step_has_one_backward_pass():
     model = state_lib.build_model(config)
     schedule = state_lib.learning_rate_schedule(config.optim, 100)
     tx = state_lib.make_optimizer(config.optim, schedule)
-    shape = data.DATASETS[config.data.name].image_shape
+    shape = datasets.DATASETS[config.data.name].image_shape
     state = state_lib.init_state(model, tx, jax.random.key(0), shape,
                                  state_lib.init_carry(config, shape))
     step = train.make_train_step(model.apply, methods.METHODS[name].loss, tx, schedule, config)
@@ -313,12 +314,12 @@ def test_trainer_replays_each_minibatch_and_checkpoints_the_perturbation(tmp_pat
   config.optim.batch_size = 64
   config.train.eval_every_epochs = 0
   served = []
-  original_batch = data.TrainStream.batch
+  original_batch = readers.MemoryBatches.batch
 
   def recording_batch(self, index):
     served.append(index)
     return original_batch(self, index)
-  monkeypatch.setattr(data.TrainStream, 'batch', recording_batch)
+  monkeypatch.setattr(readers.MemoryBatches, 'batch', recording_batch)
   results = train.train_and_evaluate(config, str(tmp_path))
   steps_per_epoch = 512 // 64
   assert results['steps'] == config.optim.epochs * steps_per_epoch == 16

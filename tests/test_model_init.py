@@ -9,11 +9,12 @@ from flax import traverse_util
 
 from benchmarks import feature_scale
 from configs import default
-from latentadv import data
 from latentadv import models
+from latentadv.data import datasets
+from latentadv.data import readers
 from latentadv.methods import slat
 
-CIFAR = data.DATASETS['cifar10']
+CIFAR = datasets.DATASETS['cifar10']
 # The smallest ratio eps_h / std(tapped feature map) SLAT's latent step keeps at the reference
 # initialisation on CIFAR-10 (measured 0.043 at `stage1` and 0.055 at `stem`, width 16); the
 # He-initialised model's `stage1` features are about twice as large (ratio 0.022).
@@ -105,7 +106,7 @@ def test_wide_resnet_is_initialised_as_the_trades_reference():
 def cifar_test_images(data_root):
   config = default.get_config().data
   config.source, config.dir = 'local', f'{data_root}/cifar10'
-  images, _ = data.load_split(config, 'test')
+  images, _ = readers.load_split(config, 'test')
   return jnp.asarray(images[:128])
 
 

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from latentadv import data
 from latentadv import evaluate
 from latentadv import parallel
 from latentadv import state as state_lib
+from latentadv.data import readers
 
 from conftest import DATA_ROOT, REPO_ROOT
 
@@ -29,9 +29,9 @@ _RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=l
 def test_global_batches_do_not_depend_on_the_process_count(process_count):
   labels = np.arange(50, dtype=np.int32)
   images = np.broadcast_to(labels[:, None, None, None], (50, 2, 2, 1)).astype(np.float32)
-  single = data.TrainStream(images, labels, batch_size=8, seed=3)
-  parts = [data.TrainStream(images, labels, batch_size=8, seed=3, process_index=p,
-                            process_count=process_count) for p in range(process_count)]
+  single = readers.MemoryBatches(images, labels, batch_size=8, seed=3)
+  parts = [readers.MemoryBatches(images, labels, batch_size=8, seed=3, process_index=p,
+                                 process_count=process_count) for p in range(process_count)]
   assert all(part.steps_per_epoch == single.steps_per_epoch == 6 for part in parts)
   for step in (0, 5, 6, 13):  # Across an epoch boundary, and an epoch visited out of order.
     pieces = [part.batch(step) for part in parts]
@@ -43,7 +43,7 @@ def test_global_batches_do_not_depend_on_the_process_count(process_count):
 def test_train_stream_rejects_a_batch_that_does_not_split_over_processes():
   images, labels = np.zeros((50, 2, 2, 1), np.float32), np.zeros(50, np.int32)
   with pytest.raises(ValueError, match='divisible by the number of processes'):
-    data.TrainStream(images, labels, batch_size=9, seed=0, process_index=0, process_count=2)
+    readers.MemoryBatches(images, labels, batch_size=9, seed=0, process_index=0, process_count=2)
 
 
 def test_single_process_runs_do_not_start_the_distributed_runtime(monkeypatch):

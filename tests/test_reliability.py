@@ -17,12 +17,12 @@ import pytest
 
 from configs import default
 from latentadv import checkpoint
-from latentadv import data
 from latentadv import evaluate
 from latentadv import overfitting
 from latentadv import state as state_lib
 from latentadv import train
 from latentadv import validation
+from latentadv.data import readers
 
 from conftest import DATA_ROOT, REPO_ROOT
 
@@ -266,7 +266,7 @@ def _collapsing_config():
 
 
 def _clean_accuracy_on_monitored_examples(config, logits_fn) -> float:
-  images, labels = data.load_split(config.data, 'train', 0, 1)
+  images, labels = readers.load_split(config.data, 'train', 0, 1)
   logits = jax.jit(logits_fn)(images[:128])
   return float(np.mean(np.asarray(logits).argmax(-1) == labels[:128]))
 

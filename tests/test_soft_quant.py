@@ -12,11 +12,11 @@ import pytest
 from conftest import set_key
 from configs import cifar_soft_quant
 from configs import mnist_soft_quant
-from latentadv import data
 from latentadv import models
 from latentadv import state as state_lib
 from latentadv import train
 from latentadv import validation
+from latentadv.data import datasets
 from latentadv.methods import common
 from latentadv.methods import soft_quant as soft_quant_method
 from latentadv.models import soft_quant
@@ -158,7 +158,7 @@ def test_one_soft_quant_training_step_trains_model_and_thresholds(config_module,
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 10)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  image_shape = data.DATASETS[config.data.name].image_shape
+  image_shape = datasets.DATASETS[config.data.name].image_shape
   state = state_lib.init_state(model, tx, jax.random.key(0), image_shape)
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((8, *image_shape), dtype=np.float32),

@@ -15,13 +15,14 @@ import optax
 import pytest
 
 from configs import default
-from latentadv import data
 from latentadv import evaluate
 from latentadv import methods
 from latentadv import parallel
 from latentadv import state as state_lib
 from latentadv import train
 from latentadv import validation
+from latentadv.data import datasets
+from latentadv.data import readers
 
 from conftest import DATA_ROOT, REPO_ROOT, set_key
 
@@ -160,7 +161,7 @@ def test_one_device_and_eight_devices_take_the_same_step(method, model):
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 100)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  shape = data.DATASETS[config.data.name].image_shape
+  shape = datasets.DATASETS[config.data.name].image_shape
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((16, *shape), dtype=np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32)}
@@ -245,7 +246,7 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   # The public loader gives the trained function: its clean accuracy matches the record.
   logits_fn = jax.jit(evaluate.load_model(workdir))
   config = evaluate.load_config(workdir)
-  images, labels = data.load_split(config.data, 'test', 0, 1)
+  images, labels = readers.load_split(config.data, 'test', 0, 1)
   predictions = np.asarray(logits_fn(images[:256])).argmax(-1)
   assert np.mean(predictions == labels[:256]) == pytest.approx(final['clean_accuracy'])
 
