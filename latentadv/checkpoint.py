@@ -21,6 +21,8 @@ from absl import logging
 
 BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/overfitting.py)
 STATES = ('kept', 'last')
+STATE_HELP = ('kept: the best state where training collapsed, else the last (results.json '
+              'kept_state); last: the latest checkpoint.')
 
 
 def state_subdir(workdir: str, state: str = 'kept') -> str:

@@ -389,9 +389,7 @@ if __name__ == '__main__':
   from configs import default  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
-  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, 'kept: the best state where training '
-                    'collapsed, else the last (results.json kept_state); last: the latest '
-                    'checkpoint.')
+  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, checkpoint.STATE_HELP)
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_dict(
       'config', default.get_config(),

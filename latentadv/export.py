@@ -210,8 +210,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.DEFINE_enum('format', 'torch', FORMATS, 'Export format.')
   flags.DEFINE_string('output', None, 'Path of the exported model (default WORKDIR/model.pt).')
-  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, 'kept: the best state where training '
-                    'collapsed, else the last (results.json kept_state); last: the latest '
-                    'checkpoint.')
+  flags.DEFINE_enum('state', 'kept', checkpoint.STATES, checkpoint.STATE_HELP)
   flags.mark_flag_as_required('workdir')
   app.run(_main)

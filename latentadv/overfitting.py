@@ -13,7 +13,8 @@ training batch). What this does not see is robust overfitting, the slow growth o
 training and test robustness, for which Rice et al. hold out a validation split.
 
 A collapse is an epoch whose PGD accuracy is below the best so far by at least `train.co_drop`
-(absolute, default 0.05: about five standard errors of a difference on 500 examples) AND by at
+(absolute, default 0.05: two standard errors of the difference of two independent estimates of
+20 % on 500 examples; successive epochs on the same examples vary less) AND by at
 least `train.co_relative_drop` of the best (default 0.5: half of it). The relative part makes the
 criterion work where robust accuracy itself is small (26 % at 16/255 on CIFAR-10: an absolute
 0.2 would be close to total collapse); the absolute part keeps noise at tiny accuracies from
@@ -73,11 +74,12 @@ class CollapseMonitor:
   Off (every method a no-op) when `config.train.co_monitor_examples` is 0.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, model, mesh,
+  def __init__(self, config: ml_collections.ConfigDict, evaluator: evaluate.Evaluator,
                train_images: np.ndarray, train_labels: np.ndarray, workdir: str,
                progress: dict):
-    """train_images: (N, H, W, C) (uint8, or float32 in [0, 1]), train_labels: (N,), the same
-    in every process.
+    """evaluator: the periodic PGD evaluator (`eval.periodic_pgd_steps`, `periodic_pgd_restarts`),
+    shared with the periodic test evaluation; train_images: (N, H, W, C) (uint8, or float32 in
+    [0, 1]), train_labels: (N,), the same in every process.
 
     `progress` is the checkpointed progress record; a resumed run continues its monitor.
     """
@@ -86,9 +88,7 @@ class CollapseMonitor:
     if not self.enabled:
       return
     self._images, self._labels = train_images[:n], train_labels[:n]
-    self._evaluator = evaluate.from_config(model, mesh, config,
-                                           steps=config.eval.periodic_pgd_steps,
-                                           restarts=config.eval.periodic_pgd_restarts)
+    self._evaluator = evaluator
     self._rng = jax.random.key(config.seed + 3)
     self._drop, self._relative_drop = config.train.co_drop, config.train.co_relative_drop
     self._stop = config.train.co_stop

@@ -108,12 +108,10 @@ def _check_finite(step_metrics: list[dict], first_step: int,
 class _PeriodicEval:
   """Clean and PGD accuracy on the first `eval.periodic_n_examples` test examples."""
 
-  def __init__(self, config, model, test_images, test_labels, mesh):
+  def __init__(self, config, evaluator: evaluate.Evaluator, test_images, test_labels):
     n = config.eval.periodic_n_examples
     self._images, self._labels = test_images[:n], test_labels[:n]
-    self._evaluator = evaluate.from_config(model, mesh, config,
-                                           steps=config.eval.periodic_pgd_steps,
-                                           restarts=config.eval.periodic_pgd_restarts)
+    self._evaluator = evaluator
     self._rng = jax.random.key(config.seed + 1)
 
   def __call__(self, variables) -> dict:
@@ -167,10 +165,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       make_train_step(model.apply, methods.METHODS[config.method.name].loss, tx, schedule,
                       config), state, mesh)
   replays = minibatch_replays(config)
-  periodic_eval = _PeriodicEval(config, model, test_images, test_labels, mesh)
+  # One periodic PGD evaluator for the test subset and the collapse monitor: compiled once.
+  periodic_evaluator = evaluate.from_config(model, mesh, config,
+                                            steps=config.eval.periodic_pgd_steps,
+                                            restarts=config.eval.periodic_pgd_restarts)
+  periodic_eval = _PeriodicEval(config, periodic_evaluator, test_images, test_labels)
   monitor = overfitting.CollapseMonitor(
-      config, model, mesh, *train_data.first_examples(config.train.co_monitor_examples),
-      workdir, progress)
+      config, periodic_evaluator,
+      *train_data.first_examples(config.train.co_monitor_examples), workdir, progress)
   writer = metric_log.MetricWriter(workdir, enabled=jax.process_index() == 0)
   report_progress = metric_log.ProgressReport(total_steps, config.train.log_every_steps, writer)
 

@@ -9,6 +9,7 @@ import pytest
 from absl.testing import flagsaver
 
 from benchmarks import cifar_suite
+from benchmarks import collapse_check
 from benchmarks import mnist_suite
 from benchmarks import plots
 from benchmarks import slat_diagnostics
@@ -106,6 +107,14 @@ def _fake_run_one(calls: list):
       json.dump({'clean_accuracy': 0.5, 'robust_accuracy': 0.2, 'n_examples': 1000,
                  'seconds': 1.0}, f)
   return run_one
+
+
+def test_collapse_check_flags_the_epoch_that_halves_the_best_and_keeps_the_best():
+  accuracies = [0.12, 0.26, 0.22, 0.11, 0.05]
+  history = [{'epoch': epoch, 'step': 10 * epoch, 'pgd_accuracy': accuracy}
+             for epoch, accuracy in enumerate(accuracies, start=1)]
+  result = collapse_check.check(history, drop=0.05, relative_drop=0.5)
+  assert result == {'collapse_epochs': [4], 'best_epoch': 2, 'best': 0.26, 'last': 0.05}
 
 
 def test_paper_scale_runs_the_single_step_methods_at_three_radii_with_the_full_recipe(
