@@ -19,6 +19,10 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   """Returns the full default config (CIFAR-10, PreActResNet-18, SLAT), with `preset` applied."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Models trained side by side in one program, with seeds seed, ..., seed + num_seeds - 1
+  # (latentadv/seeds.py); seed_sharding: 'auto', 'seeds' (whole models per device) or 'data'.
+  config.num_seeds = 1
+  config.seed_sharding = 'auto'
 
   config.data = ml_collections.ConfigDict(dict(
       name='cifar10',

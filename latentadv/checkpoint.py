@@ -21,21 +21,31 @@ from absl import logging
 
 BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/overfitting.py)
 STATES = ('kept', 'last')
+
+
+def best_subdir(seed_index: int | None = None) -> str:
+  """The folder of the best state: BEST_SUBDIR for a single run, BEST_SUBDIR/seed_<k> for seed
+  index k of a run of several seeds (latentadv/seeds.py)."""
+  return BEST_SUBDIR if seed_index is None else os.path.join(BEST_SUBDIR, f'seed_{seed_index}')
 STATE_HELP = ('kept: the best state where training collapsed, else the last (results.json '
               'kept_state); last: the latest checkpoint.')
 
 
-def state_subdir(workdir: str, state: str = 'kept') -> str:
+def state_subdir(workdir: str, state: str = 'kept', seed_index: int | None = None) -> str:
   """The checkpoint folder of a workdir's `state`: 'last' is `checkpoints` (the latest step);
-  'kept' is `checkpoints_best` where results.json says the run collapsed and trained on (its
-  kept state is the best one), else `checkpoints` too."""
+  'kept' is the best state's folder (best_subdir) where results.json says the run (or, in a
+  run of several seeds, seed index `seed_index`) collapsed and trained on (its kept state is
+  the best one), else `checkpoints` too."""
   if state not in STATES:
     raise ValueError(f'state must be one of {STATES}, got {state!r}.')
   path = os.path.join(workdir, 'results.json')
   if state == 'kept' and os.path.exists(path):
     with open(path) as f:
-      if json.load(f).get('kept_state', {}).get('state') == 'best':
-        return BEST_SUBDIR
+      results = json.load(f)
+    if seed_index is not None and 'seeds' in results:
+      results = results['seeds'][seed_index]
+    if results.get('kept_state', {}).get('state') == 'best':
+      return best_subdir(seed_index)
   return 'checkpoints'
 
 

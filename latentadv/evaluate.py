@@ -61,6 +61,7 @@ from ml_collections import config_flags
 from latentadv import checkpoint
 from latentadv import models
 from latentadv import parallel
+from latentadv import seeds
 from latentadv import state as state_lib
 from latentadv import validation
 from latentadv.attacks import SUITES
@@ -297,29 +298,56 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_model(workdir: str, state: str = 'kept'):
+def load_model(workdir: str, state: str = 'kept', seed_index: int | None = None):
   """Returns a jittable `logits = f(x)` for the run's kept state in `workdir` (the best state
-  where training collapsed, else the last; `state='last'` for the latest checkpoint).
+  where training collapsed, else the last; `state='last'` for the latest checkpoint). A run of
+  K > 1 seeds (config.num_seeds) needs seed_index in [0, K): the model of seed config.seed + k.
 
   x: (B, H, W, C) float32 in [0, 1] (the model normalises internally); logits: (B, classes).
   """
-  model, variables = state_lib.restore_variables(workdir, load_config(workdir), state)
+  model, variables = state_lib.restore_variables(workdir, load_config(workdir), state,
+                                                 seed_index)
   return functools.partial(model.apply, variables, train=False)
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
-                     state: str = 'kept') -> dict:
+                     state: str = 'kept', seed_index: int | None = None) -> dict:
   """Evaluates the run's `state` in `workdir` ('kept': the best state where training collapsed,
   else the last; 'last': the latest checkpoint) with `config.eval.suite` on the first
   `config.eval.n_examples` test examples (0 = all) in the threat model config.eval.norm with
   radius config.method.eps; writes eval_<suite>.json and .npz (eval_<suite>_last.* for
-  'last')."""
+  'last').
+
+  A run of K > 1 seeds: seed index k alone with seed_index = k (files eval_<suite>_seed<k>.*),
+  else every seed, each written as it finishes, then eval_<suite>.json with every seed's record
+  ('seeds') and their mean and std ('summary').
+  """
   if config.eval.norm != config.method.norm:
     logging.warning('Evaluating in %s (config.eval.norm) a run trained in %s: eps = '
                     'config.method.eps = %g is read as an %s radius.',
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
-  model, variables = state_lib.restore_variables(workdir, config, state)
+  name = f'eval_{config.eval.suite}' + ('_last' if state == 'last' else '')
+  if config.num_seeds == 1 or seed_index is not None:
+    state_lib.check_seed_index(config, seed_index)
+    return _evaluate_seed(workdir, config, state, seed_index, name)
+  records = [_evaluate_seed(workdir, config, state, k, name) for k in range(config.num_seeds)]
+  record = {key: records[0][key] for key in ('suite', 'label', 'norm', 'state', 'n_examples',
+                                             'eps')}
+  record.update(num_seeds=config.num_seeds, seeds=records, summary={
+      key: seeds.mean_std([r[key] for r in records])
+      for key in ('clean_accuracy', 'robust_accuracy')})
+  if jax.process_index() == 0:
+    checkpoint.write_json_atomically(os.path.join(workdir, f'{name}.json'), record)
+  logging.info('%s over %d seeds: %s', config.eval.suite, config.num_seeds, record['summary'])
+  return record
+
+
+def _evaluate_seed(workdir: str, config: ml_collections.ConfigDict, state: str,
+                   seed_index: int | None, name: str) -> dict:
+  """evaluate_workdir of one model (seed index `seed_index`, None for a single-seed run),
+  written to <name>.json/.npz (<name>_seed<k>.* for seed index k)."""
+  model, variables = state_lib.restore_variables(workdir, config, state, seed_index)
   images, labels = readers.eval_split(config.data, 'test', config.eval.n_examples)
   n = len(labels)
   suite = config.eval.suite
@@ -328,14 +356,17 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
                           has_quantiser=models.has_quantiser(model))
   evaluator = Evaluator(model.apply, parallel.make_mesh(), attacks, eps=config.method.eps,
                         batch_size=config.eval.batch_size, surrogate_apply_fn=surrogate.apply)
+  seed = config.seed + (seed_index or 0)
   record, per_example = evaluator.evaluate(variables, images[:n], labels[:n],
-                                           jax.random.key(config.seed + 2))
+                                           jax.random.key(seed + 2))
   record = {'suite': suite, 'label': _LABELS.get(suite, suite), 'norm': config.eval.norm,
-            'state': state, 'checkpoints': checkpoint.state_subdir(workdir, state), **record}
+            'state': state, 'checkpoints': checkpoint.state_subdir(workdir, state, seed_index),
+            **({} if seed_index is None else {'seed_index': seed_index, 'seed': seed}),
+            **record}
   if jax.process_index() == 0:
-    name = f'eval_{suite}' + ('_last' if state == 'last' else '')
-    checkpoint.write_json_atomically(os.path.join(workdir, f'{name}.json'), record)
-    np.savez_compressed(os.path.join(workdir, f'{name}.npz'), **per_example)
+    path = os.path.join(workdir, name + ('' if seed_index is None else f'_seed{seed_index}'))
+    checkpoint.write_json_atomically(f'{path}.json', record)
+    np.savez_compressed(f'{path}.npz', **per_example)
   return record
 
 
@@ -381,7 +412,7 @@ def _main(argv):
   del argv
   config = workdir_config(FLAGS.workdir, default.get_config(),
                           config_flags.get_override_values(FLAGS['config']))
-  result = evaluate_workdir(FLAGS.workdir, config, FLAGS.state)
+  result = evaluate_workdir(FLAGS.workdir, config, FLAGS.state, FLAGS.seed_index)
   logging.info('%s', json.dumps(result, indent=2))
 
 
@@ -390,6 +421,7 @@ if __name__ == '__main__':
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.DEFINE_enum('state', 'kept', checkpoint.STATES, checkpoint.STATE_HELP)
+  flags.DEFINE_integer('seed_index', None, seeds.SEED_INDEX_HELP + ' Default: every seed.')
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_dict(
       'config', default.get_config(),

@@ -33,6 +33,7 @@ from absl import logging
 
 from latentadv import checkpoint
 from latentadv import evaluate
+from latentadv import seeds
 from latentadv import state as state_lib
 from latentadv import torch_models
 from latentadv.data import datasets
@@ -170,17 +171,19 @@ def state_dict_path(output: str) -> str:
 
 
 def export_workdir(workdir: str, config: ml_collections.ConfigDict,
-                   output: str, state: str = 'kept') -> torch.nn.Module:
+                   output: str, state: str = 'kept',
+                   seed_index: int | None = None) -> torch.nn.Module:
   """Converts the run's `state` in `workdir` (trained with `config`; 'kept': the best state
   where training collapsed, else the last; 'last': the latest checkpoint) to its torch twin,
   writes it to `output` (torch.save of the module) and its state dict to
-  state_dict_path(output), and returns the module (eval mode).
+  state_dict_path(output), and returns the module (eval mode). A run of K > 1 seeds needs
+  seed_index in [0, K) (the model of seed config.seed + k).
 
-  Raises ExportError for a model that cannot be exported, FileNotFoundError without a
+  Raises ValueError for a missing or bad seed_index, ExportError for a model that cannot be exported, FileNotFoundError without a
   checkpoint, checkpoint.CheckpointError for checkpoints that do not match `config`.
   """
   check_exportable(config)  # before the checkpoint is read
-  _, variables = state_lib.restore_variables(workdir, config, state)
+  _, variables = state_lib.restore_variables(workdir, config, state, seed_index)
   module = to_torch(config, variables)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   torch.save(module, output)
@@ -195,8 +198,8 @@ def _main(argv):
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'model.pt')
   try:
     config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), {})
-    module = export_workdir(FLAGS.workdir, config, output, FLAGS.state)
-  except (ExportError, FileNotFoundError, checkpoint.CheckpointError) as error:
+    module = export_workdir(FLAGS.workdir, config, output, FLAGS.state, FLAGS.seed_index)
+  except (ExportError, FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
   parameters = sum(p.numel() for p in module.parameters())
   print(f'Exported {config.model.name} ({parameters:,} parameters) of {FLAGS.workdir} to '
@@ -211,5 +214,6 @@ if __name__ == '__main__':
   flags.DEFINE_enum('format', 'torch', FORMATS, 'Export format.')
   flags.DEFINE_string('output', None, 'Path of the exported model (default WORKDIR/model.pt).')
   flags.DEFINE_enum('state', 'kept', checkpoint.STATES, checkpoint.STATE_HELP)
+  flags.DEFINE_integer('seed_index', None, seeds.SEED_INDEX_HELP + ' Required there.')
   flags.mark_flag_as_required('workdir')
   app.run(_main)

@@ -76,12 +76,15 @@ class CollapseMonitor:
 
   def __init__(self, config: ml_collections.ConfigDict, evaluator: evaluate.Evaluator,
                train_images: np.ndarray, train_labels: np.ndarray, workdir: str,
-               progress: dict):
+               progress: dict, seed: int | None = None,
+               best_subdir: str = checkpoint.BEST_SUBDIR):
     """evaluator: the periodic PGD evaluator (`eval.periodic_pgd_steps`, `periodic_pgd_restarts`),
     shared with the periodic test evaluation; train_images: (N, H, W, C) (uint8, or float32 in
     [0, 1]), train_labels: (N,), the same in every process.
 
-    `progress` is the checkpointed progress record; a resumed run continues its monitor.
+    `progress` is the checkpointed progress record (of one seed: seeds.seed_records); a
+    resumed run continues its monitor. seed: the model's seed (default config.seed), which
+    seeds the attack; best_subdir: where its best state is saved (checkpoint.best_subdir).
     """
     n = config.train.co_monitor_examples
     self.enabled = n > 0
@@ -89,12 +92,12 @@ class CollapseMonitor:
       return
     self._images, self._labels = train_images[:n], train_labels[:n]
     self._evaluator = evaluator
-    self._rng = jax.random.key(config.seed + 3)
+    self._rng = jax.random.key((config.seed if seed is None else seed) + 3)
     self._drop, self._relative_drop = config.train.co_drop, config.train.co_relative_drop
     self._stop = config.train.co_stop
+    self._best_subdir = best_subdir
     self._best = checkpoint.Checkpoints(workdir, every_steps=1, keep=1,
-                                        subdir=checkpoint.BEST_SUBDIR,
-                                        remove_interrupted_saves=True)
+                                        subdir=best_subdir, remove_interrupted_saves=True)
     self.record = progress.setdefault('co_monitor', {
         'examples': len(self._labels), 'drop': self._drop,
         'relative_drop': self._relative_drop, 'best': None, 'collapsed': False,
@@ -147,7 +150,7 @@ class CollapseMonitor:
     restored = self._best.restore(checkpoint.abstract_like(like))
     if restored is None:
       raise checkpoint.CheckpointError(
-          f'No best checkpoint in {checkpoint.BEST_SUBDIR}/ to restore (it was deleted, or the '
+          f'No best checkpoint in {self._best_subdir}/ to restore (it was deleted, or the '
           'run was started by a version that saved none). Fix: rerun from scratch in a new '
           '--workdir.')
     return restored[0]

@@ -15,6 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
+# Placements of a run's seed axis (config.seed_sharding; latentadv/seeds.py).
+SEED_SHARDINGS = ('auto', 'seeds', 'data')
 
 # Variables with which a SLURM step (srun) or Open MPI (mpirun) announces its process count.
 _LAUNCHER_PROCESS_COUNTS = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
@@ -56,19 +58,22 @@ def data_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
-  """Assembles this process's per-host arrays (b, ...) into global arrays (b * processes, ...)."""
-  sharding = data_sharded(mesh)
+def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+                 sharding: NamedSharding | None = None) -> dict:
+  """Assembles this process's per-host arrays (b, ...) into global arrays (b * processes, ...)
+  split by `sharding` (default: data_sharded; see seeds.SeedAxis for a seed axis)."""
+  sharding = sharding or data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
 def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
-                       size: int = 2) -> Iterator[dict]:
-  """global_batch of each of local_batches, transferred `size` batches ahead of their use, so
-  that the next batch's host-to-device copy overlaps the current step."""
+                       size: int = 2, sharding: NamedSharding | None = None) -> Iterator[dict]:
+  """global_batch of each of local_batches (split by `sharding`, default data_sharded),
+  transferred `size` batches ahead of their use, so that the next batch's host-to-device copy
+  overlaps the current step."""
   in_flight = collections.deque()
   for local_batch in local_batches:
-    in_flight.append(global_batch(local_batch, mesh))
+    in_flight.append(global_batch(local_batch, mesh, sharding))
     if len(in_flight) >= size:
       yield in_flight.popleft()
   yield from in_flight

@@ -115,27 +115,49 @@ def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                     opt_state=tx.init(params), carry={} if carry is None else carry)
 
 
-def restore_variables(workdir: str, config: ml_collections.ConfigDict, state: str = 'kept'):
+def restore_variables(workdir: str, config: ml_collections.ConfigDict, state: str = 'kept',
+                      seed_index: int | None = None):
   """(model, variables) of a run's `state` in `workdir`; variables for model.apply.
 
   state: 'kept' (default: the best state where training collapsed, else the last one; see
-  latentadv/overfitting.py) or 'last' (the latest checkpoint).
+  latentadv/overfitting.py) or 'last' (the latest checkpoint). A run of K > 1 seeds
+  (config.num_seeds) holds K models: seed_index in [0, K) picks one (required).
   """
+  seed_index = check_seed_index(config, seed_index)
   model = build_model(config)
   tx = make_optimizer(config.optim, learning_rate_schedule(config.optim, 1))
   image_shape = datasets.DATASETS[config.data.name].image_shape
   carry = init_carry(config, image_shape)
   abstract = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, carry),
                             jax.random.key(0))
+  subdir = checkpoint.state_subdir(workdir, state, seed_index)
+  stacked = seed_index is not None and subdir == 'checkpoints'  # a best state is one seed's
+  if stacked:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.num_seeds, *x.shape),
+                                                           x.dtype), abstract)
   # Onto one local device, whatever devices and processes wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
-  subdir = checkpoint.state_subdir(workdir, state)
   restored = checkpoint.Checkpoints(workdir, every_steps=1, keep=1, subdir=subdir).restore(
       abstract)
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/{subdir}: train into this workdir '
                             'first (python -m latentadv.main --workdir=...).')
-  state, _ = restored
-  return model, state.variables()
+  restored_state, _ = restored
+  if stacked:
+    restored_state = jax.tree.map(lambda leaf: leaf[seed_index], restored_state)
+  return model, restored_state.variables()
+
+
+def check_seed_index(config: ml_collections.ConfigDict, seed_index: int | None) -> int | None:
+  """seed_index checked against the run's config.num_seeds = K: None for K = 1 (0 is accepted
+  too), an index in [0, K) for K > 1; raises ValueError saying how to fix it otherwise."""
+  num_seeds = config.get('num_seeds', 1)
+  if num_seeds == 1 and seed_index in (None, 0):
+    return None
+  if seed_index is None or not 0 <= seed_index < num_seeds:
+    raise ValueError(f'seed_index {seed_index} is invalid: this run trained {num_seeds} '
+                     f'seed(s) (config.num_seeds); pass seed_index in [0, {num_seeds}) '
+                     f'(--seed_index on the command line), model k having seed config.seed + k.')
+  return seed_index

@@ -21,6 +21,7 @@ from latentadv import metric_log
 from latentadv import methods
 from latentadv import overfitting
 from latentadv import parallel
+from latentadv import seeds
 from latentadv import state as state_lib
 from latentadv import validation
 from latentadv.data import datasets
@@ -76,26 +77,39 @@ def minibatch_replays(config: ml_collections.ConfigDict) -> int:
   return config.method[config.method.name].get('replays', 1)
 
 
-def jit_train_step(train_step, state: state_lib.TrainState, mesh):
-  """jax.jit of train_step with replicated state (donated) and a data-sharded batch."""
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
-  return jax.jit(train_step,
-                 in_shardings=(state_sharding, parallel.data_sharded(mesh),
-                               parallel.replicated(mesh)),
-                 out_shardings=(state_sharding, parallel.replicated(mesh)),
+def jit_train_step(train_step, state: state_lib.TrainState, mesh,
+                   seed_axis: seeds.SeedAxis | None = None):
+  """jax.jit of train_step with replicated state (donated) and a data-sharded batch; with a
+  stacked `seed_axis` (K > 1 seeds), of train_step vmapped over the leading seed axis of
+  state, batch and rng, placed as seed_axis says (metrics then have shape (K,))."""
+  state_sharding, batch_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  rng_sharding = state_sharding
+  if seed_axis is not None and seed_axis.stacked:
+    train_step = seed_axis.vmap(train_step)
+    state_sharding = rng_sharding = seed_axis.state_sharding()
+    batch_sharding = seed_axis.batch_sharding()
+  state_shardings = jax.tree.map(lambda _: state_sharding, state)
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, rng_sharding),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)),
                  donate_argnums=0)
 
 
 def _check_finite(step_metrics: list[dict], first_step: int,
                   checkpoints: checkpoint.Checkpoints, workdir: str):
   """Raises FloatingPointError naming the first step whose loss or gradient norm is NaN or
-  infinite (a non-finite gradient with a finite loss is typically a second-order term).
+  infinite (a non-finite gradient with a finite loss is typically a second-order term); a
+  metric of shape (K,) (K seeds) names the seeds.
 
   Pending checkpoint saves are completed first, so the checkpoint it names is on disk.
   """
   for offset, metrics in enumerate(step_metrics):
-    bad = [f'{name} is {metrics[name]}' for name in ('loss', 'grad_norm')
-           if name in metrics and not np.isfinite(metrics[name])]
+    bad = []
+    for name in ('loss', 'grad_norm'):
+      values = np.atleast_1d(metrics.get(name, 0.0))
+      seeds_bad = np.flatnonzero(~np.isfinite(values))
+      if len(seeds_bad):
+        bad.append(f'{name} is {values[seeds_bad[0]]}' + (
+            f' (seed indices {seeds_bad.tolist()})' if values.size > 1 else ''))
     if bad:
       checkpoints.wait_until_finished()
       raise FloatingPointError(
@@ -112,10 +126,10 @@ class _PeriodicEval:
     n = config.eval.periodic_n_examples
     self._images, self._labels = test_images[:n], test_labels[:n]
     self._evaluator = evaluator
-    self._rng = jax.random.key(config.seed + 1)
 
-  def __call__(self, variables) -> dict:
-    return self._evaluator(variables, self._images, self._labels, self._rng)
+  def __call__(self, variables, seed: int) -> dict:
+    """The record of the model `variables` of the run seeded `seed`."""
+    return self._evaluator(variables, self._images, self._labels, jax.random.key(seed + 1))
 
 
 _KEPT_STATE_USE = ("the state that latentadv.evaluate.load_model, python -m latentadv.evaluate "
@@ -127,15 +141,19 @@ _KEPT_STATE_USE = ("the state that latentadv.evaluate.load_model, python -m late
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and writes the results of the run described by `config` into `workdir`.
 
-  Returns the results record (also written to `workdir/results.json`).
+  With config.num_seeds = K > 1 it trains K models side by side (latentadv/seeds.py) and
+  evaluates, monitors and reports each of them. Returns the results record (also written to
+  `workdir/results.json`).
   """
   validation.validate(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size', mesh)
+  seed_axis = seeds.SeedAxis(config, mesh)
+  if seed_axis.mode == 'data':
+    parallel.check_batch_size(config.optim.batch_size, 'config.optim.batch_size', mesh)
 
-  train_data = readers.train_batches(config.data, config.optim.batch_size, config.seed,
-                                     jax.process_index(), jax.process_count())
+  train_data = readers.train_batches(config.data, config.optim.batch_size,
+                                     *seed_axis.reader_args())
   test_images, test_labels = readers.eval_split(
       config.data, 'test', max(config.eval.n_examples, config.eval.periodic_n_examples)
       if config.eval.n_examples else 0)
@@ -145,45 +163,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  rng, init_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = datasets.DATASETS[config.data.name].image_shape
-  state = jax.device_put(state_lib.init_state(model, tx, init_rng, image_shape,
-                                              state_lib.init_carry(config, image_shape)),
-                         parallel.replicated(mesh))
+  carry = state_lib.init_carry(config, image_shape)
+  rngs, init_rngs = zip(*(jax.random.split(jax.random.key(seed)) for seed in seed_axis.seeds))
+  state = jax.device_put(
+      seed_axis.stack([state_lib.init_state(model, tx, init_rng, image_shape, carry)
+                       for init_rng in init_rngs]), seed_axis.state_sharding())
+  rng = jax.device_put(seed_axis.stack(rngs), seed_axis.state_sharding())
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
                                        config.train.checkpoints_to_keep,
                                        remove_interrupted_saves=True)
-  progress = {'history': [], 'train_seconds': 0.0}
+  progress = {'train_seconds': 0.0}
   restored = checkpoints.restore(checkpoint.abstract_like(state), delete_damaged=True)
   if restored is not None:
     state, progress = restored
-    logging.info('Resumed from step %d of %d.', int(state.step), total_steps)
+    logging.info('Resumed from step %d of %d.', _current_step(state), total_steps)
+  per_seed = seeds.seed_records(progress, seed_axis.num_seeds)
   # Written once the checkpoints are known to match, so config.json keeps describing them.
   checkpoint.write_json_atomically(os.path.join(workdir, 'config.json'), config.to_dict())
 
   train_step = jit_train_step(
       make_train_step(model.apply, methods.METHODS[config.method.name].loss, tx, schedule,
-                      config), state, mesh)
+                      config), state, mesh, seed_axis)
   replays = minibatch_replays(config)
   # One periodic PGD evaluator for the test subset and the collapse monitor: compiled once.
   periodic_evaluator = evaluate.from_config(model, mesh, config,
                                             steps=config.eval.periodic_pgd_steps,
                                             restarts=config.eval.periodic_pgd_restarts)
   periodic_eval = _PeriodicEval(config, periodic_evaluator, test_images, test_labels)
-  monitor = overfitting.CollapseMonitor(
-      config, periodic_evaluator,
-      *train_data.first_examples(config.train.co_monitor_examples), workdir, progress)
+  monitor_images, monitor_labels = train_data.first_examples(config.train.co_monitor_examples)
+  monitors = [overfitting.CollapseMonitor(
+      config, periodic_evaluator, monitor_images, monitor_labels, workdir, per_seed[k],
+      seed=seed, best_subdir=checkpoint.best_subdir(k if seed_axis.stacked else None))
+              for k, seed in enumerate(seed_axis.seeds)]
   writer = metric_log.MetricWriter(workdir, enabled=jax.process_index() == 0)
   report_progress = metric_log.ProgressReport(total_steps, config.train.log_every_steps, writer)
+  tags = [f'seed_{k}/' if seed_axis.stacked else '' for k in range(seed_axis.num_seeds)]
 
-  first_step = int(state.step)
-  logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d device(s).',
-               config.method.name, config.data.name, config.model.name, config.optim.epochs,
-               steps_per_epoch, config.optim.batch_size, jax.device_count())
+  first_step = _current_step(state)
+  logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d seed(s) '
+               '(seed sharding %s), %d device(s).', config.method.name, config.data.name,
+               config.model.name, config.optim.epochs, steps_per_epoch,
+               config.optim.batch_size, seed_axis.num_seeds, seed_axis.mode, jax.device_count())
   pending, pending_start = [], first_step
-  last_step = first_step if monitor.stopped else total_steps
+  stopped = any(monitor.stopped for monitor in monitors)
+  last_step = first_step if stopped else total_steps
   minibatches = parallel.prefetch_to_device(
-      train_data.batches(first_step // replays, -(-last_step // replays)), mesh)
+      train_data.batches(first_step // replays, -(-last_step // replays)), mesh,
+      sharding=seed_axis.batch_sharding())
   segment_start = time.perf_counter()
   for step in range(first_step, last_step):
     if step == first_step or step % replays == 0:
@@ -197,27 +224,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         or done % config.train.checkpoint_every_steps == 0 or done == total_steps):
       fetched = jax.device_get(pending)
       _check_finite(fetched, pending_start, checkpoints, workdir)
-      writer.write_scalars(done, {f'train/{k}': float(np.mean([m[k] for m in fetched]))
-                                  for k in fetched[0]})
+      for k, tag in enumerate(tags):
+        writer.write_scalars(done, {f'{tag}train/{name}': float(np.mean(
+            [_seed_value(m[name], k) for m in fetched])) for name in fetched[0]})
       pending, pending_start = [], done
     if epoch_end:
       progress['train_seconds'] += time.perf_counter() - segment_start
       epoch = done // steps_per_epoch
-      record = {'epoch': epoch, 'step': done, 'train_seconds': progress['train_seconds'],
-                **{f'train_{k}': float(v) for k, v in fetched[-1].items()}}
-      if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
-        result = periodic_eval(state.variables())
-        record.update(clean_accuracy=result['clean_accuracy'],
-                      pgd_accuracy=result['pgd_accuracy'])
-        writer.write_scalars(done, {'eval/clean_accuracy': result['clean_accuracy'],
-                                    'eval/pgd_accuracy': result['pgd_accuracy']})
-      progress['history'].append(record)
-      state = monitor.after_epoch(state, epoch, done, progress)
-      logging.info('Epoch %d/%d: %s', epoch, config.optim.epochs,
-                   {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+      kept_states = []
+      for k, seed in enumerate(seed_axis.seeds):
+        record = {'epoch': epoch, 'step': done, 'train_seconds': progress['train_seconds'],
+                  **{f'train_{name}': _seed_value(value, k)
+                     for name, value in fetched[-1].items()}}
+        seed_state = seed_axis.select(state, k)
+        if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
+          result = periodic_eval(seed_state.variables(), seed)
+          record.update(clean_accuracy=result['clean_accuracy'],
+                        pgd_accuracy=result['pgd_accuracy'])
+          writer.write_scalars(done, {f'{tags[k]}eval/clean_accuracy': result['clean_accuracy'],
+                                      f'{tags[k]}eval/pgd_accuracy': result['pgd_accuracy']})
+        per_seed[k]['history'].append(record)
+        kept_states.append(monitors[k].after_epoch(seed_state, epoch, done, per_seed[k]))
+        logging.info('Epoch %d/%d%s: %s', epoch, config.optim.epochs,
+                     f' (seed {seed})' if seed_axis.stacked else '',
+                     {name: round(v, 4) for name, v in record.items() if isinstance(v, float)})
+      if not seed_axis.stacked:  # train.co_stop may have restored the best state
+        state = kept_states[0]
       segment_start = time.perf_counter()
-    checkpoints.save(done, state, progress, force=done == total_steps or monitor.stopped)
-    if monitor.stopped:
+    stopped = any(monitor.stopped for monitor in monitors)
+    checkpoints.save(done, state, progress, force=done == total_steps or stopped)
+    if stopped:
       break
   checkpoints.close()
   writer.flush()
@@ -225,22 +261,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd_steps,
                                restarts=config.eval.pgd_restarts)
   n = config.eval.n_examples or len(test_labels)
+  seed_results = []
+  for k, (seed, monitor, tag) in enumerate(zip(seed_axis.seeds, monitors, tags)):
 
-  def final_evaluation(variables) -> dict:
-    return final(variables, test_images[:n], test_labels[:n], jax.random.key(config.seed + 2))
+    def final_evaluation(variables, seed=seed) -> dict:
+      return final(variables, test_images[:n], test_labels[:n], jax.random.key(seed + 2))
 
-  final_result = final_evaluation(state.variables())
-  kept = {'state': 'last', 'epoch': int(state.step) // steps_per_epoch, 'step': int(state.step),
-          'final': final_result}
-  if monitor.keeps_best:
-    best = monitor.record['best']
-    kept = {'state': 'best', 'epoch': best['epoch'], 'step': best['step'],
-            'final': final_evaluation(monitor.restore_best(state).variables())}
-  monitor.close()
-  writer.write_scalars(total_steps, {'final/clean_accuracy': final_result['clean_accuracy'],
-                                     'final/pgd_accuracy': final_result['pgd_accuracy'],
-                                     'final/kept_clean_accuracy': kept['final']['clean_accuracy'],
-                                     'final/kept_pgd_accuracy': kept['final']['pgd_accuracy']})
+    seed_state = seed_axis.select(state, k)
+    final_result = final_evaluation(seed_state.variables())
+    kept = {'state': 'last', 'epoch': int(seed_state.step) // steps_per_epoch,
+            'step': int(seed_state.step), 'final': final_result}
+    if monitor.keeps_best:
+      best = monitor.record['best']
+      kept = {'state': 'best', 'epoch': best['epoch'], 'step': best['step'],
+              'final': final_evaluation(monitor.restore_best(seed_state).variables())}
+    monitor.close()
+    writer.write_scalars(total_steps, {
+        f'{tag}final/clean_accuracy': final_result['clean_accuracy'],
+        f'{tag}final/pgd_accuracy': final_result['pgd_accuracy'],
+        f'{tag}final/kept_clean_accuracy': kept['final']['clean_accuracy'],
+        f'{tag}final/kept_pgd_accuracy': kept['final']['pgd_accuracy']})
+    seed_results.append({
+        'seed': seed, 'final': final_result,
+        'kept_state': {**kept, 'collapsed': monitor.enabled and bool(monitor.record['collapses']),
+                       'used_by': _KEPT_STATE_USE},
+        'history': per_seed[k]['history'], **monitor.results()})
+    _log_final(config, seed_results[-1], progress['train_seconds'],
+               f' (seed {seed})' if seed_axis.stacked else '')
   writer.close()
   images_seen = total_steps * config.optim.batch_size
   results = {
@@ -249,19 +296,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'batch_size': config.optim.batch_size, 'devices': jax.device_count(),
       'train_seconds': progress['train_seconds'],
       'images_per_second': images_seen / max(progress['train_seconds'], 1e-9),
-      'final': final_result,
-      'kept_state': {**kept, 'collapsed': monitor.enabled and bool(monitor.record['collapses']),
-                     'used_by': _KEPT_STATE_USE},
-      'history': progress['history'], **monitor.results(),
   }
+  if seed_axis.stacked:
+    results.update(num_seeds=seed_axis.num_seeds, seed_sharding=seed_axis.mode,
+                   total_images_per_second=seed_axis.num_seeds * results['images_per_second'],
+                   seeds=seed_results, summary=seeds.summary(seed_results))
+  else:
+    results.update({key: value for key, value in seed_results[0].items() if key != 'seed'})
   checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
-  logging.info('Final: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
-               final_result['clean_accuracy'], config.eval.pgd_steps, config.eval.pgd_restarts,
-               final_result['pgd_accuracy'], final_result['n_examples'],
-               progress['train_seconds'])
-  if kept['state'] == 'best':
-    logging.warning('Training collapsed (catastrophic overfitting); kept the state of epoch %d: '
-                    'clean %.4f, PGD %.4f. load_model, latentadv.evaluate and latentadv.export '
-                    'use it (state=\'last\' / --state=last for the last state).', kept['epoch'],
-                    kept['final']['clean_accuracy'], kept['final']['pgd_accuracy'])
+  if seed_axis.stacked:
+    logging.info('Summary of %d seeds: %s', seed_axis.num_seeds, results['summary'])
   return results
+
+
+def _current_step(state: state_lib.TrainState) -> int:
+  """The train step of `state` (every seed's is the same), read from this process's data."""
+  return int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
+
+
+def _seed_value(value, k: int) -> float:
+  """Seed k's entry of a per-step metric: a scalar (one seed) or an array (K,)."""
+  return float(np.asarray(value).reshape(-1)[k])
+
+
+def _log_final(config: ml_collections.ConfigDict, result: dict, train_seconds: float,
+               which: str):
+  """Logs one seed's final evaluation (`result`: a seed record of results.json) and, where it
+  collapsed, the kept state."""
+  final_result, kept = result['final'], result['kept_state']
+  logging.info('Final%s: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
+               which, final_result['clean_accuracy'], config.eval.pgd_steps,
+               config.eval.pgd_restarts, final_result['pgd_accuracy'],
+               final_result['n_examples'], train_seconds)
+  if kept['state'] == 'best':
+    logging.warning('Training%s collapsed (catastrophic overfitting); kept the state of epoch '
+                    '%d: clean %.4f, PGD %.4f. load_model, latentadv.evaluate and '
+                    'latentadv.export use it (state=\'last\' / --state=last for the last '
+                    'state).', which, kept['epoch'], kept['final']['clean_accuracy'],
+                    kept['final']['pgd_accuracy'])

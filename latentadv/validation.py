@@ -5,6 +5,7 @@ import numpy as np
 
 from latentadv import methods
 from latentadv import models
+from latentadv import parallel
 from latentadv.attacks import SUITES
 from latentadv.attacks import norms
 from latentadv.data import datasets
@@ -29,6 +30,12 @@ def _one_of(config, key: str, choices):
 
 def validate(config: ml_collections.ConfigDict):
   """Raises ConfigError for the first invalid value in `config`."""
+  _require(isinstance(config.num_seeds, int) and config.num_seeds >= 1, 'num_seeds',
+           config.num_seeds, 'an integer >= 1 (models trained side by side in one program)')
+  _one_of(config, 'seed_sharding', parallel.SEED_SHARDINGS)
+  _require(not (config.train.co_stop and config.num_seeds > 1), 'train.co_stop',
+           config.train.co_stop, 'False when config.num_seeds > 1 (the seeds of one program '
+           'train in step; each seed keeps its best state instead)')
   _one_of(config, 'data.name', datasets.DATASETS)
   _one_of(config, 'data.source', ('tfds', 'local'))
   _one_of(config, 'data.pipeline', readers.PIPELINES)

@@ -10,6 +10,8 @@ first_examples(n)):
     multi-host training, reads each process's rows of each batch by random access from the
     source, `threads` batches at a time in parallel, `prefetch` batches ahead; records of
     varying size get a random-resized crop on the host (transforms.py).
+Several seeds of one program (latentadv/seeds.py) read through `SeedStack`: each seed's reader
+in its own order, the K batches stacked on a leading axis.
 Global batch `step` holds the examples that `BatchPlan` assigns to it, a pure function of
 (seed, step), the same for any process count; each process takes its contiguous part. So both
 readers give the same batches for the same files, and the pipeline's position is the
@@ -20,6 +22,7 @@ nothing. Images leave the host as uint8 (or as the arrays' dtype), labels as int
 """
 
 from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -163,6 +166,33 @@ class StreamBatches(Batches):
     return _eval_views(self.source, n, self.image_shape, self.variable_size)
 
 
+class SeedStack(Batches):
+  """The batches of K seeds' readers side by side: each key stacked on a leading seed axis."""
+
+  def __init__(self, per_seed: Sequence[Batches]):
+    """per_seed: K readers of the same split and batch size (their seeds differ)."""
+    self.per_seed = list(per_seed)
+    self.plan = self.per_seed[0].plan
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """Global batch `step` of every seed: image (K, b, H, W, C), label int32 (K, b)."""
+    return _stack([reader.batch(step) for reader in self.per_seed])
+
+  def batches(self, first_step: int, stop_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """batch(first_step), ..., batch(stop_step - 1), each seed's read as its reader reads."""
+    return map(_stack, zip(*(reader.batches(first_step, stop_step)
+                             for reader in self.per_seed)))
+
+  def first_examples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n examples of the split (the same for every seed): (n, H, W, C), (n,)."""
+    return self.per_seed[0].first_examples(n)
+
+
+def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Batches with the same keys stacked on a new leading axis."""
+  return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
+
+
 def _eval_views(source: sources.Source, n: int, image_shape: tuple[int, int, int],
                 variable_size: bool) -> tuple[np.ndarray, np.ndarray]:
   """The first n examples of `source` (0 = all) for evaluation, read in parallel: uint8
@@ -172,22 +202,31 @@ def _eval_views(source: sources.Source, n: int, image_shape: tuple[int, int, int
   return sources.read_rows(source, range(n), image_shape, view, threads=_READ_THREADS)
 
 
-def train_batches(data_config: Any, batch_size: int, seed: int, process_index: int,
-                  process_count: int) -> Batches:
+def train_batches(data_config: Any, batch_size: int, seed: int | Sequence[int],
+                  process_index: int, process_count: int) -> Batches:
   """The training batches of config.data by its pipeline: MemoryBatches over the uint8 split
-  in memory, or StreamBatches over its source; the same batches for the same files."""
+  in memory, or StreamBatches over its source; the same batches for the same files.
+
+  seed: one seed, or a sequence of K seeds: then `SeedStack`, whose batches stack the K
+  seeds' batches on a leading axis (images (K, b, H, W, C), labels (K, b)).
+  """
+  seeds = [seed] if isinstance(seed, int) else list(seed)
   if data_config.pipeline == 'memory':
     images, labels = load_split(data_config, 'train', dtype=np.uint8)
     if data_config.num_train_examples:
       images = images[:data_config.num_train_examples]
       labels = labels[:data_config.num_train_examples]
-    return MemoryBatches(images, labels, batch_size, seed, process_index, process_count)
-  info = datasets.DATASETS[data_config.name]
-  return StreamBatches(sources.open_source(data_config, 'train'), info.image_shape, batch_size,
-                       seed, process_index, process_count,
-                       num_examples=data_config.num_train_examples,
-                       variable_size=info.variable_size, threads=data_config.stream_threads,
-                       prefetch=data_config.stream_prefetch)
+    per_seed = [MemoryBatches(images, labels, batch_size, s, process_index, process_count)
+                for s in seeds]
+  else:
+    info = datasets.DATASETS[data_config.name]
+    source = sources.open_source(data_config, 'train')
+    per_seed = [StreamBatches(source, info.image_shape, batch_size, s, process_index,
+                              process_count, num_examples=data_config.num_train_examples,
+                              variable_size=info.variable_size,
+                              threads=data_config.stream_threads,
+                              prefetch=data_config.stream_prefetch) for s in seeds]
+  return per_seed[0] if isinstance(seed, int) else SeedStack(per_seed)
 
 
 def eval_split(data_config: Any, split: str, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
