@@ -17,6 +17,12 @@ of the last state, how many seeds collapsed, clean and PGD of the kept state, Au
 worst case of the kept state, train time and train time relative to `standard`; mean +- std
 over seeds when there are several). With --norun, a trained run whose AutoAttack-style suite
 has not finished is tabulated with "not run" there.
+--num_seeds=K > 1 trains K seeds as one program per (method, eps) and first seed s of --seeds
+(config.num_seeds = K, config.seed = s, run directory <method>_eps<eps>_seeds<s>-<s+K-1>),
+evaluates each model (latentadv.evaluate --seed_index=k) and tabulates them as K runs: the
+JSON has one record per model (its program's train seconds divided by K); the table, mean +-
+std over all seeds of a (method, eps) and how many collapsed. --noautoattack_collapsed skips
+the AutoAttack-style suite for the seeds that collapsed (their kept state is the best one).
 Training times come from runs that may share the machine with other work: the ratios in
 benchmarks/step_cost.py are the fair cost comparison.
 """
@@ -35,7 +41,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('methods', None, 'Methods to run (default: the suite\'s list).')
-flags.DEFINE_list('seeds', ['0', '1'], 'Training seeds.')
+flags.DEFINE_list('seeds', ['0', '1'], 'Training seeds (with --num_seeds=K > 1: the first seed '
+                  'of each K-seed program).')
+flags.DEFINE_integer('num_seeds', 1, 'Seeds per program: K > 1 trains seeds s, ..., s + K - 1 '
+                     'of each --seeds value s as one K-seed program (config.num_seeds) per '
+                     '(method, eps).')
+flags.DEFINE_bool('autoattack_collapsed', True, 'Run the AutoAttack-style suite on the kept '
+                  '(best) state of seeds that collapsed too; --noautoattack_collapsed skips '
+                  'them (tabulated over the other seeds).')
 flags.DEFINE_string('preset', '', 'Config preset (e.g. "cpu").')
 flags.DEFINE_list('eps', None, 'Training and evaluation radii (default: the suite\'s).')
 flags.DEFINE_string('data_dir', '', 'Canonical data files ("" = tfds).')
@@ -69,7 +82,9 @@ def _run(command: list[str], log_path: str):
 
 
 def run_one(config_prefix: str, method: str, seed: int, eps: float, workdir: str):
-  """Trains and evaluates one (method, seed, eps) into workdir unless already done."""
+  """Trains and evaluates one (method, eps) program of --num_seeds seeds from `seed` into
+  workdir, unless already done; the AutoAttack-style suite runs per seed (eval_autoattack.json,
+  or eval_autoattack_seed<k>.json for seed index k of a program of several)."""
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, 'log.txt')
   data_flags = (['--config.data.source=local', f'--config.data.dir={FLAGS.data_dir}']
@@ -78,24 +93,56 @@ def run_one(config_prefix: str, method: str, seed: int, eps: float, workdir: str
   if not os.path.exists(os.path.join(workdir, 'results.json')):
     _run([sys.executable, '-m', 'latentadv.main', f'--config={config}', f'--workdir={workdir}',
           f'--config.seed={seed}', f'--config.method.eps={eps}',
+          *([f'--config.num_seeds={FLAGS.num_seeds}'] if FLAGS.num_seeds > 1 else []),
           *([f'--config.eval.n_examples={FLAGS.pgd_examples}']
             if FLAGS.pgd_examples is not None else []), *data_flags,
           *[f'--config.{o}' for o in FLAGS.overrides]], log_path)
-  if not os.path.exists(os.path.join(workdir, 'eval_autoattack.json')):
+  for seed_index in _seed_indices():
+    if os.path.exists(_autoattack_path(workdir, seed_index)):
+      continue
+    if not FLAGS.autoattack_collapsed and _load(workdir, seed_index)['collapsed']:
+      continue
     _run([sys.executable, '-m', 'latentadv.evaluate', f'--workdir={workdir}',
           '--config.eval.suite=autoattack',
+          *([] if seed_index is None else [f'--seed_index={seed_index}']),
           f'--config.eval.n_examples={FLAGS.autoattack_examples}', *data_flags], log_path)
 
 
-def _load(workdir: str) -> dict:
-  """One run's summary from its results.json and, once it exists, eval_autoattack.json (the
-  AutoAttack-style suite runs on the kept state; None before it finished)."""
+def _seed_indices() -> list[int | None]:
+  """The seed indices of one program: [None] for single-seed runs, else 0, ..., K - 1."""
+  return [None] if FLAGS.num_seeds == 1 else list(range(FLAGS.num_seeds))
+
+
+def _autoattack_path(workdir: str, seed_index: int | None) -> str:
+  """Where latentadv.evaluate writes one model's AutoAttack-style record."""
+  return os.path.join(workdir, 'eval_autoattack' + (
+      '' if seed_index is None else f'_seed{seed_index}') + '.json')
+
+
+def _done(workdir: str) -> bool:
+  """True once a program's every model has its AutoAttack-style record, or was skipped as
+  collapsed (--noautoattack_collapsed)."""
+  if not os.path.exists(os.path.join(workdir, 'results.json')):
+    return False
+  return all(os.path.exists(_autoattack_path(workdir, k)) or (
+      not FLAGS.autoattack_collapsed and _load(workdir, k)['collapsed'])
+             for k in _seed_indices())
+
+
+def _load(workdir: str, seed_index: int | None = None) -> dict:
+  """One model's summary from its program's results.json (seed index `seed_index` of a
+  program of several seeds) and, once it exists, its AutoAttack-style record (run on the kept
+  state; None before it finished or where it was skipped). The train seconds of a K-seed
+  program are divided among its K models (`program_train_seconds` holds the total)."""
   with open(os.path.join(workdir, 'results.json')) as f:
-    results = json.load(f)
+    program = json.load(f)
+  results = program if seed_index is None else {**program, **program['seeds'][seed_index]}
   kept = results.get('kept_state', {'state': 'last', 'final': results['final']})
   run = {
       'workdir': os.path.relpath(workdir, REPO_ROOT), 'method': results['method'],
-      'eps': results['eps'], 'train_seconds': results['train_seconds'],
+      'eps': results['eps'], 'seed_index': seed_index,
+      'train_seconds': results['train_seconds'] / program.get('num_seeds', 1),
+      'program_train_seconds': results['train_seconds'],
       'clean': results['final']['clean_accuracy'], 'pgd': results['final']['pgd_accuracy'],
       'pgd_examples': results['final']['n_examples'],
       'pgd_attack': 'PGD-{steps}-{restarts}'.format(**results['final']['attacks']['pgd']),
@@ -106,9 +153,9 @@ def _load(workdir: str) -> dict:
       'kept_clean': kept['final']['clean_accuracy'], 'kept_pgd': kept['final']['pgd_accuracy'],
       'autoattack_clean': None, 'autoattack': None, 'autoattack_per_attack': None,
       'autoattack_examples': FLAGS.autoattack_examples, 'autoattack_seconds': None,
-      'history': results['history'],
+      'autoattack_skipped': False, 'history': results['history'],
   }
-  path = os.path.join(workdir, 'eval_autoattack.json')
+  path = _autoattack_path(workdir, seed_index)
   if os.path.exists(path):
     with open(path) as f:
       autoattack = json.load(f)
@@ -117,6 +164,8 @@ def _load(workdir: str) -> dict:
         autoattack_per_attack={k: v for k, v in autoattack.items()
                                if k.endswith('_accuracy') and k != 'robust_accuracy'},
         autoattack_examples=autoattack['n_examples'], autoattack_seconds=autoattack['seconds'])
+  else:
+    run['autoattack_skipped'] = not FLAGS.autoattack_collapsed and bool(run['collapsed'])
   return run
 
 
@@ -131,13 +180,14 @@ def _recorded_runs(path: str, settings: dict) -> dict[str, dict]:
   if any(earlier['settings'].get(key) != settings[key] for key in same):
     logging.warning('%s was made with other settings; its runs are not reused.', path)
     return {}
-  return {os.path.basename(run['workdir']): run for run in earlier['runs']}
+  return {run.get('name', os.path.basename(run['workdir'])): run for run in earlier['runs']}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
   """Per (method, eps): mean and std over seeds of clean, pgd, the kept state's clean and pgd
-  (the last state's where a run predates the kept state), autoattack (None unless every seed
-  has it) and train_seconds; how many seeds collapsed (None unless every seed was monitored)."""
+  (the last state's where a run predates the kept state), autoattack (over the seeds it ran
+  on, all but those skipped as collapsed; None unless each of them has it) and train_seconds
+  (per model); how many seeds collapsed (None unless every seed was monitored)."""
   groups = {}
   for run in runs:
     groups.setdefault((run['method'], run['eps']), []).append(run)
@@ -148,8 +198,10 @@ def summarise(runs: list[dict]) -> list[dict]:
            'autoattack_examples': group[0]['autoattack_examples'],
            'collapsed': (None if any(run.get('collapsed') is None for run in group)
                          else sum(run['collapsed'] for run in group))}
-    values = {key: [run[key] for run in group] for key in
-              ('clean', 'pgd', 'autoattack', 'train_seconds')}
+    values = {key: [run[key] for run in group] for key in ('clean', 'pgd', 'train_seconds')}
+    evaluated = [run for run in group if not run.get('autoattack_skipped')]
+    values['autoattack'] = [run['autoattack'] for run in evaluated] or [None]
+    row['autoattack_seeds'] = len(evaluated)
     values['kept_clean'] = [run.get('kept_clean', run['clean']) for run in group]
     values['kept_pgd'] = [run.get('kept_pgd', run['pgd']) for run in group]
     for key, numbers in values.items():
@@ -188,10 +240,31 @@ def table(rows: list[dict]) -> str:
              f'{row["pgd_examples"]})', 'not monitored' if row.get('collapsed') is None
              else f'{row["collapsed"]} of {row["seeds"]}',
              f'{_percent(row, "kept_clean")} / {_percent(row, "kept_pgd")}',
-             f'{_percent(row, "autoattack")} ({row["autoattack_examples"]})']
+             f'{_percent(row, "autoattack")} ({row["autoattack_examples"]}'
+             + (f'; {row["autoattack_seeds"]} not collapsed seeds'
+                if row.get('autoattack_seeds', row['seeds']) < row['seeds'] else '') + ')']
     lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
                  f'{" | ".join(cells)} | {row["train_seconds"]:.0f} | {relative} |')
   return '\n'.join(lines)
+
+
+def _program_name(method: str, eps: float, seed: int) -> str:
+  """The run directory of the (method, eps) program whose first seed is `seed`."""
+  if FLAGS.num_seeds == 1:
+    return f'{method}_eps{eps:.4g}_seed{seed}'
+  return f'{method}_eps{eps:.4g}_seeds{seed}-{seed + FLAGS.num_seeds - 1}'
+
+
+def _model_names(method: str, eps: float, seed: int) -> list[str]:
+  """The names of the models of that program, one per seed."""
+  return [f'{method}_eps{eps:.4g}_seed{seed + k}' for k in range(FLAGS.num_seeds)]
+
+
+def _load_program(workdir: str, method: str, eps: float, seed: int) -> dict[str, dict]:
+  """{model name: _load record} of every model of the program in workdir."""
+  return {name: {**_load(workdir, seed_index), 'name': name, 'seed': seed + k}
+          for k, (name, seed_index) in enumerate(zip(_model_names(method, eps, seed),
+                                                     _seed_indices()))}
 
 
 def run_suite(suite: str, config_prefix: str, default_methods: list[str],
@@ -208,35 +281,38 @@ def run_suite(suite: str, config_prefix: str, default_methods: list[str],
   root = FLAGS.root or os.path.join(REPO_ROOT, 'runs', suite)
   output = FLAGS.output or os.path.join(REPO_ROOT, 'benchmarks', 'results', suite)
   settings = {'suite': suite, 'configs': f'configs/{config_prefix}_<method>.py', 'preset': FLAGS.preset,
-              'seeds': FLAGS.seeds, 'overrides': FLAGS.overrides,
+              'seeds': FLAGS.seeds, 'num_seeds': FLAGS.num_seeds, 'overrides': FLAGS.overrides,
               'pgd_examples': FLAGS.pgd_examples,
               'autoattack_examples': FLAGS.autoattack_examples}
   recorded = _recorded_runs(output + '.json', settings)
-  planned = [(method, seed, eps, f'{method}_eps{eps:.4g}_seed{seed}')
-             for eps in eps_values for method in methods for seed in FLAGS.seeds]
+  planned = [(method, int(seed), eps) for eps in eps_values for method in methods
+             for seed in FLAGS.seeds]
   to_run, runs_by_name = [], {}
-  for method, seed, eps, name in planned:
-    workdir = os.path.join(root, name)
-    finished = os.path.exists(os.path.join(workdir, 'eval_autoattack.json'))
-    if not finished and name in recorded and (
-        not FLAGS.run or recorded[name].get('autoattack') is not None):
-      logging.info('Recorded in %s.json, not repeated: %s', output, name)
-      runs_by_name[name] = recorded[name]
+  for method, seed, eps in planned:
+    workdir = os.path.join(root, _program_name(method, eps, seed))
+    names = _model_names(method, eps, seed)
+    finished = _done(workdir)
+    if not finished and all(name in recorded for name in names) and (
+        not FLAGS.run or all(recorded[name].get('autoattack') is not None for name in names)):
+      logging.info('Recorded in %s.json, not repeated: %s', output, ', '.join(names))
+      runs_by_name.update((name, recorded[name]) for name in names)
     elif FLAGS.run:
-      to_run.append((method, seed, eps, name))
+      to_run.append((method, seed, eps))
     elif os.path.exists(os.path.join(workdir, 'results.json')):
       if not finished:
         logging.warning('AutoAttack-style suite not finished, tabulated as not run: %s', workdir)
-      runs_by_name[name] = _load(workdir)
+      runs_by_name.update(_load_program(workdir, method, eps, seed))
     else:
       logging.warning('Not finished, left out: %s', workdir)
   with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
-    list(pool.map(lambda job: run_one(config_prefix, job[0], int(job[1]), job[2],
-                                      os.path.join(root, job[3])), to_run))
-  for *_, name in to_run:
-    runs_by_name[name] = _load(os.path.join(root, name))
-  runs = [runs_by_name[name] for *_, name in planned if name in runs_by_name]
-  selected = {os.path.basename(run['workdir']) for run in runs}
+    list(pool.map(lambda job: run_one(config_prefix, job[0], job[1], job[2], os.path.join(
+        root, _program_name(job[0], job[2], job[1]))), to_run))
+  for method, seed, eps in to_run:
+    runs_by_name.update(_load_program(os.path.join(root, _program_name(method, eps, seed)),
+                                      method, eps, seed))
+  runs = [runs_by_name[name] for method, seed, eps in planned
+          for name in _model_names(method, eps, seed) if name in runs_by_name]
+  selected = {run.get('name', os.path.basename(run['workdir'])) for run in runs}
   runs += [run for name, run in recorded.items() if name not in selected]
   rows = summarise(runs)
   os.makedirs(os.path.dirname(output), exist_ok=True)

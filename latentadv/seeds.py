@@ -130,10 +130,10 @@ def seed_records(progress: dict, num_seeds: int) -> list[dict]:
 
 
 def mean_std(values: Sequence[float]) -> dict:
-  """{'mean', 'std' (sample standard deviation, ddof=1; 0 for one value), 'values'}."""
+  """{'mean', 'std', 'values'} of the values; std is the population standard deviation
+  (ddof=0), as in the benchmark suites' tables."""
   values = [float(v) for v in values]
-  return {'mean': float(np.mean(values)),
-          'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 'values': values}
+  return {'mean': float(np.mean(values)), 'std': float(np.std(values)), 'values': values}
 
 
 def summary(seed_results: Sequence[dict]) -> dict:

@@ -109,6 +109,48 @@ def _fake_run_one(calls: list):
   return run_one
 
 
+def test_a_k_seed_program_is_tabulated_per_seed_and_skips_collapsed_seeds_if_asked(
+    tmp_path, monkeypatch):
+  calls = []
+
+  def run_one(config_prefix, method, seed, eps, workdir):
+    del config_prefix
+    calls.append((method, seed, eps, os.path.basename(workdir)))
+    os.makedirs(workdir, exist_ok=True)
+    records = []
+    for k, (pgd, collapsed) in enumerate(((0.3, False), (0.1, True), (0.2, False))):
+      final = {'clean_accuracy': 0.5, 'pgd_accuracy': pgd, 'n_examples': 100,
+               'attacks': {'pgd': {'steps': 50, 'restarts': 2}}}
+      records.append({'seed': seed + k, 'final': final, 'history': [],
+                      'kept_state': {'state': 'best' if collapsed else 'last', 'epoch': 1,
+                                     'final': dict(final, pgd_accuracy=0.25)},
+                      'co_monitor': {'collapses': [{'epoch': 2}] if collapsed else []}})
+      if not collapsed:
+        with open(os.path.join(workdir, f'eval_autoattack_seed{k}.json'), 'w') as f:
+          json.dump({'clean_accuracy': 0.5, 'robust_accuracy': pgd - 0.1, 'n_examples': 10,
+                     'seconds': 1.0}, f)
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump({'method': method, 'eps': eps, 'train_seconds': 30.0, 'num_seeds': 3,
+                 'seeds': records}, f)
+
+  monkeypatch.setattr(suite, 'run_one', run_one)
+  with flagsaver.flagsaver():
+    suite.FLAGS(['mnist_suite', '--methods=slat', '--seeds=4', '--num_seeds=3', '--eps=0.1',
+                 '--noautoattack_collapsed', f'--root={tmp_path}',
+                 f'--output={tmp_path / "table"}'])
+    suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+  assert calls == [('slat', 4, 0.1, 'slat_eps0.1_seeds4-6')]
+  runs = json.loads((tmp_path / 'table.json').read_text())['runs']
+  assert [(run['name'], run['seed'], run['seed_index']) for run in runs] == [
+      ('slat_eps0.1_seed4', 4, 0), ('slat_eps0.1_seed5', 5, 1), ('slat_eps0.1_seed6', 6, 2)]
+  assert [run['train_seconds'] for run in runs] == [10.0] * 3
+  assert runs[1]['autoattack_skipped'] and runs[1]['autoattack'] is None
+  table = (tmp_path / 'table.md').read_text()
+  assert ('| slat | 0.1 | 3 | 50.00 +- 0.00 | 20.00 +- 8.16 (PGD-50-2, 100) | 1 of 3 | '
+          '50.00 +- 0.00 / 25.00 +- 0.00 | 15.00 +- 5.00 (10; 2 not collapsed seeds) | 10 |'
+          ) in table
+
+
 def test_collapse_check_flags_the_epoch_that_halves_the_best_and_keeps_the_best():
   accuracies = [0.12, 0.26, 0.22, 0.11, 0.05]
   history = [{'epoch': epoch, 'step': 10 * epoch, 'pgd_accuracy': accuracy}
