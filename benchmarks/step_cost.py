@@ -26,6 +26,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel
+from latentadv import seeds
 from latentadv import state as state_lib
 from latentadv import train
 from latentadv.data import datasets
@@ -71,20 +72,25 @@ def random_batch(config, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 def compiled_step(config, mesh, images, labels):
   """(jitted step, state, batch, rng) of the method config.method.name as `config` sets it up
   (model, augmentation, optimizer), for images (B, H, W, C) and labels (B,); compiled and run
-  once."""
+  once. With config.num_seeds = K > 1, the step of K models side by side (latentadv/seeds.py),
+  every model on the same batch."""
   method = config.method.name
+  seed_axis = seeds.SeedAxis(config, mesh)
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 1000)
   tx = state_lib.make_optimizer(config.optim, schedule)
   shape = images.shape[1:]
-  state = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), shape,
-                                              state_lib.init_carry(config, shape)),
-                         parallel.replicated(mesh))
+  carry = state_lib.init_carry(config, shape)
+  state = jax.device_put(
+      seed_axis.stack([state_lib.init_state(model, tx, jax.random.key(seed), shape, carry)
+                       for seed in seed_axis.seeds]), seed_axis.state_sharding())
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),
-      state, mesh)
-  batch = parallel.global_batch({'image': images, 'label': labels}, mesh)
-  rng = jax.random.key(1)
+      state, mesh, seed_axis)
+  batch = parallel.global_batch(seed_axis.stack([{'image': images, 'label': labels}] *
+                                                seed_axis.num_seeds), mesh,
+                                seed_axis.batch_sharding())
+  rng = jax.device_put(seed_axis.keys(1), seed_axis.state_sharding())
   state, metrics = step(state, batch, rng)
   jax.block_until_ready(metrics)
   return step, state, batch, rng

@@ -20,9 +20,11 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Models trained side by side in one program, with seeds seed, ..., seed + num_seeds - 1
-  # (latentadv/seeds.py); seed_sharding: 'auto', 'seeds' (whole models per device) or 'data'.
+  # (latentadv/seeds.py); seed_sharding: 'auto', 'seeds' (whole models per device) or 'data';
+  # seed_loop: 'auto' (unroll on CPU, vmap elsewhere), 'vmap' or 'unroll'.
   config.num_seeds = 1
   config.seed_sharding = 'auto'
+  config.seed_loop = 'auto'
 
   config.data = ml_collections.ConfigDict(dict(
       name='cifar10',

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = 'data'
 # Placements of a run's seed axis (config.seed_sharding; latentadv/seeds.py).
 SEED_SHARDINGS = ('auto', 'seeds', 'data')
+SEED_LOOPS = ('auto', 'vmap', 'unroll')  # config.seed_loop
 
 # Variables with which a SLURM step (srun) or Open MPI (mpirun) announces its process count.
 _LAUNCHER_PROCESS_COUNTS = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')

@@ -1,13 +1,25 @@
 """Several seeds of one recipe trained as one program: a leading seed axis on the train state.
 
 With config.num_seeds = K > 1 the trainer stacks K train states (params, BatchNorm statistics,
-optimizer state, method carry) along a new leading axis and runs `jax.vmap` of the one-seed
-train step over it, so one jitted step trains K models on K batches. Model k uses the seed
+optimizer state, method carry) along a new leading axis and maps the one-seed train step over
+it (`jax.vmap`, or unrolled on CPU: see config.seed_loop below), so one jitted step trains K
+models on K batches. Model k uses the seed
 config.seed + k for everything a single run derives from its seed (initialisation, batch
 order, augmentation, attack noise, evaluation keys): it is the training of a single run with
 --config.seed=config.seed+k, up to float rounding (XLA may group the K models' convolutions
 differently from one model's). With K = 1 there is no seed axis: state, checkpoints and
 results are exactly a single run's.
+
+How the step runs the K models (config.seed_loop):
+  'vmap'    `jax.vmap` of the one-seed step: one batched computation, which fills an
+            accelerator that one model at batch 128 leaves mostly idle. Batched over the seed
+            axis, a convolution with per-seed kernels becomes a grouped convolution.
+  'unroll'  the one-seed step traced once per seed inside the same jitted program, the models
+            computed one after another. XLA:CPU runs grouped convolutions several times slower
+            than K separate ones (benchmarks/seeds_throughput.py: 3x at K = 2 on 2 cores), so
+            this is what pays there; it costs K times the compile time of one step.
+  'auto'    'unroll' on CPU, 'vmap' on GPU and TPU.
+Both give each model the same arithmetic as its single run, up to float rounding.
 
 Where the models live (config.seed_sharding):
   'seeds'  the seed axis is split over the devices: each device trains whole models, with no
@@ -30,6 +42,16 @@ from jax.sharding import PartitionSpec as P
 
 from latentadv import parallel
 from latentadv import validation
+
+def choose_loop(requested: str = 'auto', backend: str | None = None) -> str:
+  """'vmap' or 'unroll' (see the module docstring) on `backend` (default: JAX's default)."""
+  if requested not in parallel.SEED_LOOPS:
+    raise validation.ConfigError(f'config.seed_loop = {requested!r} is invalid: expected one '
+                                 f'of {list(parallel.SEED_LOOPS)}.')
+  if requested != 'auto':
+    return requested
+  return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+
 
 def choose_sharding(num_seeds: int, num_devices: int, requested: str = 'auto') -> str:
   """'seeds' or 'data' (see the module docstring) for K = num_seeds models on num_devices.
@@ -66,6 +88,7 @@ class SeedAxis:
     self.num_seeds = config.num_seeds
     self.seeds = [config.seed + k for k in range(self.num_seeds)]
     self.mode = choose_sharding(self.num_seeds, mesh.devices.size, config.seed_sharding)
+    self.loop = choose_loop(config.seed_loop)
     self.mesh = mesh
 
   @property
@@ -114,9 +137,17 @@ class SeedAxis:
     """jax.random.key(seed + offset) of every seed: shape (K,), or () for K = 1."""
     return self.stack([jax.random.key(seed + offset) for seed in self.seeds])
 
-  def vmap(self, fn: Callable) -> Callable:
-    """fn mapped over the leading seed axis of all its arguments and outputs (fn for K = 1)."""
-    return jax.vmap(fn) if self.stacked else fn
+  def map_seeds(self, fn: Callable) -> Callable:
+    """fn mapped over the leading seed axis of all its arguments and outputs, by `self.loop`
+    ('vmap' or 'unroll'); fn itself for K = 1."""
+    if not self.stacked:
+      return fn
+    if self.loop == 'vmap':
+      return jax.vmap(fn)
+
+    def unrolled(*args):
+      return self.stack([fn(*self.select(args, k)) for k in range(self.num_seeds)])
+    return unrolled
 
 
 def seed_records(progress: dict, num_seeds: int) -> list[dict]:

@@ -80,12 +80,13 @@ def minibatch_replays(config: ml_collections.ConfigDict) -> int:
 def jit_train_step(train_step, state: state_lib.TrainState, mesh,
                    seed_axis: seeds.SeedAxis | None = None):
   """jax.jit of train_step with replicated state (donated) and a data-sharded batch; with a
-  stacked `seed_axis` (K > 1 seeds), of train_step vmapped over the leading seed axis of
-  state, batch and rng, placed as seed_axis says (metrics then have shape (K,))."""
+  stacked `seed_axis` (K > 1 seeds), of train_step mapped over the leading seed axis of
+  state, batch and rng (seed_axis.map_seeds), placed as seed_axis says (metrics then have
+  shape (K,))."""
   state_sharding, batch_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
   rng_sharding = state_sharding
   if seed_axis is not None and seed_axis.stacked:
-    train_step = seed_axis.vmap(train_step)
+    train_step = seed_axis.map_seeds(train_step)
     state_sharding = rng_sharding = seed_axis.state_sharding()
     batch_sharding = seed_axis.batch_sharding()
   state_shardings = jax.tree.map(lambda _: state_sharding, state)
@@ -202,9 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   first_step = _current_step(state)
   logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d seed(s) '
-               '(seed sharding %s), %d device(s).', config.method.name, config.data.name,
-               config.model.name, config.optim.epochs, steps_per_epoch,
-               config.optim.batch_size, seed_axis.num_seeds, seed_axis.mode, jax.device_count())
+               '(seed loop %s, sharding %s), %d device(s).', config.method.name,
+               config.data.name, config.model.name, config.optim.epochs, steps_per_epoch,
+               config.optim.batch_size, seed_axis.num_seeds, seed_axis.loop, seed_axis.mode,
+               jax.device_count())
   pending, pending_start = [], first_step
   stopped = any(monitor.stopped for monitor in monitors)
   last_step = first_step if stopped else total_steps
@@ -299,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if seed_axis.stacked:
     results.update(num_seeds=seed_axis.num_seeds, seed_sharding=seed_axis.mode,
+                   seed_loop=seed_axis.loop,
                    total_images_per_second=seed_axis.num_seeds * results['images_per_second'],
                    seeds=seed_results, summary=seeds.summary(seed_results))
   else:

@@ -33,6 +33,7 @@ def validate(config: ml_collections.ConfigDict):
   _require(isinstance(config.num_seeds, int) and config.num_seeds >= 1, 'num_seeds',
            config.num_seeds, 'an integer >= 1 (models trained side by side in one program)')
   _one_of(config, 'seed_sharding', parallel.SEED_SHARDINGS)
+  _one_of(config, 'seed_loop', parallel.SEED_LOOPS)
   _require(not (config.train.co_stop and config.num_seeds > 1), 'train.co_stop',
            config.train.co_stop, 'False when config.num_seeds > 1 (the seeds of one program '
            'train in step; each seed keeps its best state instead)')

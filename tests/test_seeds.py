@@ -130,16 +130,14 @@ def test_resume_of_a_two_seed_run_is_exact(two_seed_run, tmp_path):
     assert timeless[0] == timeless[1]
 
 
-@pytest.mark.parametrize('num_seeds,requested,mode', [
-    (2, 'auto', 'data'), (4, 'auto', 'data'), (8, 'auto', 'seeds'), (8, 'data', 'data'),
-    (16, 'seeds', 'seeds')])
-def test_k_seeds_on_eight_devices_train_each_model_as_its_single_step(num_seeds, requested,
-                                                                     mode):
-  config = _smoke_mnist('fgsm_rs', **{'num_seeds': num_seeds, 'seed_sharding': requested})
+@pytest.mark.parametrize('num_seeds,mode,loop', [
+    (2, 'data', 'vmap'), (4, 'data', 'unroll'), (8, 'seeds', 'vmap'), (8, 'seeds', 'unroll')])
+def test_k_seeds_on_eight_devices_train_each_model_as_its_single_step(num_seeds, mode, loop):
+  config = _smoke_mnist('fgsm_rs', **{'num_seeds': num_seeds, 'seed_loop': loop})
   mesh = parallel.make_mesh()
   assert mesh.devices.size == 8
   seed_axis = seeds.SeedAxis(config, mesh)
-  assert seed_axis.mode == mode
+  assert (seed_axis.mode, seed_axis.loop) == (mode, loop)  # 'auto' sharding
   model = state_lib.build_model(config)
   schedule = state_lib.learning_rate_schedule(config.optim, 16)
   tx = state_lib.make_optimizer(config.optim, schedule)
@@ -147,9 +145,9 @@ def test_k_seeds_on_eight_devices_train_each_model_as_its_single_step(num_seeds,
                                config)
   shape = datasets.DATASETS['mnist'].image_shape
   initial = [state_lib.init_state(model, tx, jax.random.key(s), shape) for s in seed_axis.seeds]
-  data = readers.train_batches(config.data, 32, *seed_axis.reader_args())
+  data = readers.train_batches(config.data, 16, *seed_axis.reader_args())
   batch = data.batch(3)
-  assert batch['image'].shape == (num_seeds, 32, *shape)
+  assert batch['image'].shape == (num_seeds, 16, *shape)
 
   stacked = train.jit_train_step(step, seed_axis.stack(initial), mesh, seed_axis)
   state = jax.device_put(seed_axis.stack(initial), seed_axis.state_sharding())
@@ -182,7 +180,7 @@ def test_seed_stack_reads_each_seeds_own_batches():
 @pytest.mark.parametrize('overrides,message', [
     ({'num_seeds': 0}, 'num_seeds'),
     ({'num_seeds': 2, 'train.co_monitor_examples': 128, 'train.co_stop': True}, 'co_stop'),
-    ({'seed_sharding': 'models'}, 'seed_sharding')])
+    ({'seed_sharding': 'models'}, 'seed_sharding'), ({'seed_loop': 'scan'}, 'seed_loop')])
 def test_bad_seed_settings_are_one_config_error(overrides, message):
   with pytest.raises(validation.ConfigError, match=message):
     validation.validate(_smoke_mnist(**overrides))
@@ -193,6 +191,13 @@ def test_seeds_sharding_that_the_devices_cannot_split_is_a_config_error(tmp_path
   with pytest.raises(validation.ConfigError, match=r"cannot split config.num_seeds = 3 .* 8 "
                      r'devices'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_the_seed_loop_unrolls_on_cpu_only_unless_asked():
+  assert [seeds.choose_loop('auto', backend) for backend in ('cpu', 'gpu', 'tpu')] == [
+      'unroll', 'vmap', 'vmap']
+  assert seeds.choose_loop('vmap', 'cpu') == 'vmap'
+  assert seeds.choose_loop('unroll', 'gpu') == 'unroll'
 
 
 def test_summary_counts_collapsed_seeds_and_sample_std():
