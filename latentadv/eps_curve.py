@@ -7,7 +7,8 @@ Every (workdir, suite, eps) is an evaluation of the workdir's latest checkpoint 
 n_examples test images with evaluate.py's suite (settings from the workdir's config.eval,
 overridable: --config.eval.pgd_restarts=2). The radii are in the threat model
 config.eval.norm (--config.eval.norm=l2 for L2; every workdir must use the same). Writes the
-plot to --output and the numbers next to it (same name, .json, with the norm).
+plot to --output and the numbers next to it (same name, .json, with the norm). A workdir of
+several seeds (config.num_seeds) gets a curve per seed, labelled "<workdir> (seed s)".
 """
 
 import json
@@ -34,12 +35,14 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wron
 
 
 def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
-          eps_values: list[float]) -> dict:
-  """{'clean_accuracy': float, suite: [robust accuracy at each eps]} of one workdir.
+          eps_values: list[float], seed_index: int | None = None) -> dict:
+  """{'clean_accuracy': float, suite: [robust accuracy at each eps]} of one workdir (of its
+  model seed_index in a run of several seeds).
 
   Evaluates the first config.eval.n_examples test examples (0 = all).
   """
-  model, variables = state_lib.restore_variables(workdir, config)
+  model, variables = state_lib.restore_variables(workdir, config, seed_index=seed_index)
+  seed = config.seed + (seed_index or 0)
   images, labels = readers.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
   mesh = parallel.make_mesh()
@@ -52,7 +55,7 @@ def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
       evaluator = evaluate.Evaluator(
           model.apply, mesh, attacks, eps=eps, batch_size=config.eval.batch_size,
           surrogate_apply_fn=models.straight_through(model).apply)
-      record = evaluator(variables, images[:n], labels[:n], jax.random.key(config.seed + 2))
+      record = evaluator(variables, images[:n], labels[:n], jax.random.key(seed + 2))
       result['clean_accuracy'] = record['clean_accuracy']
       result[suite].append(record['robust_accuracy'])
       logging.info('%s %s eps %.4g: %.4f', workdir, suite, eps, record['robust_accuracy'])
@@ -92,8 +95,14 @@ def _main(argv):
   if others:
     raise app.UsageError(f'The workdirs evaluate in different norms ({norm}, '
                          f'{", ".join(others)}): set one with --config.eval.norm.')
-  curves = {workdir: curve(workdir, config, FLAGS.suites, eps_values)
-            for workdir, config in configs.items()}
+  curves = {}
+  for workdir, config in configs.items():
+    if config.num_seeds == 1:
+      curves[workdir] = curve(workdir, config, FLAGS.suites, eps_values)
+    else:
+      for k in range(config.num_seeds):
+        curves[f'{workdir} (seed {config.seed + k})'] = curve(workdir, config, FLAGS.suites,
+                                                              eps_values, k)
   if jax.process_index() == 0:
     checkpoint.write_json_atomically(os.path.splitext(FLAGS.output)[0] + '.json',
                                      {'eps': eps_values, 'norm': norm,
