@@ -107,6 +107,20 @@ def test_a_two_seed_run_is_evaluated_loaded_and_refused_per_seed(two_seed_run):
       evaluate.load_model(workdir, seed_index=bad)
 
 
+def test_export_takes_one_seed_of_a_two_seed_run(two_seed_run, tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from latentadv import export  # pylint: disable=g-import-not-at-top
+  workdir, _, config = two_seed_run
+  module = export.export_workdir(workdir, config, str(tmp_path / 'model.pt'), seed_index=1)
+  images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+  with torch.no_grad():
+    logits = module(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+  np.testing.assert_allclose(logits, evaluate.load_model(workdir, seed_index=1)(images),
+                             atol=1e-4)
+  with pytest.raises(ValueError, match='seed_index'):
+    export.export_workdir(workdir, config, str(tmp_path / 'other.pt'))
+
+
 def test_resume_of_a_two_seed_run_is_exact(two_seed_run, tmp_path):
   workdir, results, config = two_seed_run
   interrupted = str(tmp_path / 'interrupted')
@@ -168,9 +182,13 @@ def test_seed_stack_reads_each_seeds_own_batches():
     alone = readers.train_batches(config.data, 32, seed, 0, 1)
     for step in (0, 9):
       np.testing.assert_array_equal(stack.batch(step)['label'][k], alone.batch(step)['label'])
-  streamed = list(stack.batches(0, 2))
-  np.testing.assert_array_equal(streamed[1]['image'], stack.batch(1)['image'])
+  read_ahead = list(stack.batches(0, 2))
+  np.testing.assert_array_equal(read_ahead[1]['image'], stack.batch(1)['image'])
   assert not np.array_equal(stack.batch(0)['label'][0], stack.batch(0)['label'][1])
+  config.data.pipeline = 'stream'
+  streamed = list(readers.train_batches(config.data, 32, [3, 4], 0, 1).batches(8, 10))
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(streamed[1][key], stack.batch(9)[key])
 
 
 @pytest.mark.parametrize('overrides,message', [
