@@ -76,6 +76,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default
+from latentadv import compilation
 from latentadv import evaluate
 from latentadv import export
 from latentadv import parallel
@@ -328,6 +329,7 @@ def description(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation.enable_cache()
   overrides = config_flags.get_override_values(FLAGS['config'])
   if FLAGS.data_dir:
     overrides.update({'data.source': 'local', 'data.dir': FLAGS.data_dir})
