@@ -166,8 +166,9 @@ class TinyCNN(nn.Module):
 
 @pytest.mark.parametrize('suite', ['pgd', 'autoattack'])
 def test_rolled_and_unrolled_attacks_give_the_same_verdicts(mnist, suite):
-  """Every attack's per-example flags (and FAB-T's norms) with its step loops rolled equal
-  those with them unrolled, on a small convolutional network."""
+  """Every attack's per-example flags with its step loops rolled equal those with them
+  unrolled, on a small convolutional network; FAB-T's norms agree to float32 round-off (XLA
+  fuses the two programs differently)."""
   model = TinyCNN()
   variables = train_classifier(model, mnist[0], mnist[1])
   _, _, x, y = mnist
@@ -177,7 +178,10 @@ def test_rolled_and_unrolled_attacks_give_the_same_verdicts(mnist, suite):
   (rolled_record, rolled), (unrolled_record, unrolled) = results['rolled'], results['unrolled']
   assert rolled.keys() == unrolled.keys()
   for key in rolled:
-    np.testing.assert_array_equal(rolled[key], unrolled[key], err_msg=key)
+    if rolled[key].dtype.kind == 'f':
+      np.testing.assert_allclose(rolled[key], unrolled[key], rtol=1e-5, err_msg=key)
+    else:
+      np.testing.assert_array_equal(rolled[key], unrolled[key], err_msg=key)
   assert 0 < rolled_record['robust_accuracy'] < rolled_record['clean_accuracy']
   looped = [name for name, settings in unrolled_record['attacks'].items()
             if 'unrolled' in settings]
