@@ -5,8 +5,9 @@ than unrolled (their kernels keep an `01oi` layout there; PreActResNet-18, batch
 0.43 s per APGD step), so on the CPU the gradient attacks (PGD, APGD, APGD-T runs, FAB-T runs)
 unroll their steps, paying ~70-85 s of compilation for 100 steps (vs ~4 s rolled) once per
 program and batch size (then the persistent compilation cache holds it, see
-latentadv/compilation.py). GPUs and TPUs run a rolled loop's body as fast as an unrolled one,
-so there the loops roll and compile in seconds.
+latentadv/compilation.py). The slowdown comes from XLA:CPU's convolution layouts; on GPUs and
+TPUs the loops roll, so an attack compiles one step instead of 100 (their in-loop speed is not
+measured in this repository).
 
 Settings (config.eval.attack_loops, or an attack's `unroll` argument): 'auto' (unrolled on
 the CPU backend, rolled on any other), 'unrolled', 'rolled', or a bool.
