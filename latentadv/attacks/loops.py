@@ -3,9 +3,9 @@
 XLA:CPU runs the input-gradient convolutions of a conv net ~4x slower inside a `while` loop
 than unrolled (their kernels keep an `01oi` layout there; PreActResNet-18, batch 32: 2.0 s vs
 0.43 s per APGD step), so on the CPU the gradient attacks (PGD, APGD, APGD-T runs, FAB-T runs)
-unroll their steps, paying ~70-85 s of compilation for 100 steps (vs ~4 s rolled) once per
-program and batch size (then the persistent compilation cache holds it, see
-latentadv/compilation.py). The slowdown comes from XLA:CPU's convolution layouts; on GPUs and
+unroll their steps, paying ~70-85 s of compilation for 100 steps (vs ~4 s rolled) per program
+and batch size; the persistent compilation cache (latentadv/compilation.py) then saves XLA's
+compilation but not JAX's tracing and lowering of the 100 steps (README, Speed). The slowdown comes from XLA:CPU's convolution layouts; on GPUs and
 TPUs the loops roll, so an attack compiles one step instead of 100 (their in-loop speed is not
 measured in this repository).
 
