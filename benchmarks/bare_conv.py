@@ -32,6 +32,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('widths', ['16', '64'], 'PreActResNet-18 widths.')
@@ -126,6 +127,7 @@ def table(rows: list[dict], totals: list[dict]) -> str:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   torch.set_num_threads(os.cpu_count())
   rows = []
   for width in map(int, FLAGS.widths):

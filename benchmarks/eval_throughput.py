@@ -27,6 +27,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -55,6 +56,7 @@ def _logits_fn(workdir: str, config: ml_collections.ConfigDict):
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   config = default.get_config()
   if FLAGS.workdir:
     config = evaluate.workdir_config(FLAGS.workdir, config, {})

@@ -22,6 +22,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default
+from latentadv import compilation
 from latentadv import models
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -48,6 +49,7 @@ def tapped_features(width: int, init: str, seed: int, images: np.ndarray
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   config = default.get_config().data
   config.source, config.dir = 'local', FLAGS.data_dir
   images = readers.load_split(config, 'test')[0][:FLAGS.n_examples]

@@ -30,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar_slat
+from latentadv import compilation
 from latentadv import parallel
 from latentadv.data import readers
 from latentadv.data import transforms
@@ -131,6 +132,7 @@ def stream_path(config) -> dict:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   config = cifar_slat.get_config('cpu')
   config.data.source, config.data.dir = 'local', FLAGS.data_dir
   mesh = parallel.make_mesh()

@@ -88,6 +88,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation
 from latentadv import parallel
 from latentadv.data import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.models import taps
@@ -438,6 +439,7 @@ def model_width() -> int | None:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   if jax.device_count() != 1:
     raise ValueError('profile_step.py pairs thunk events by name and needs a single device, '
                      f'found {jax.device_count()}.')

@@ -28,6 +28,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -87,6 +88,7 @@ def latent_scale(config, stds: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   data_overrides = {'data.source': 'local', 'data.dir': FLAGS.data_dir} if FLAGS.data_dir else {}
   config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), data_overrides)
   if config.method.name not in ('slat', 'slat_ga'):

@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel
 from latentadv import seeds
@@ -119,6 +120,7 @@ def write_results(output: str, results: dict, markdown: str | None = None):
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   mesh = parallel.make_mesh()
   configs = {name: make_config(name, FLAGS.model, FLAGS.width, FLAGS.batch_size)
              for name in methods.METHODS}

@@ -47,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -257,6 +258,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   torch_threads = os.cpu_count()
   torch.set_num_threads(torch_threads)
   torch.manual_seed(0)

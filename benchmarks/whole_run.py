@@ -24,6 +24,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar_slat
+from latentadv import compilation
 from latentadv import parallel
 from latentadv import train
 from latentadv.data import readers
@@ -44,6 +45,7 @@ def step_only_seconds(entry: list) -> list[float]:
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   config = cifar_slat.get_config('cpu')
   config.data.source, config.data.dir = 'local', FLAGS.data_dir
   if FLAGS.pipeline != 'memory':

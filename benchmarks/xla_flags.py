@@ -49,6 +49,7 @@ from absl import flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -292,6 +293,7 @@ def serve():
 
 def main(argv):
   del argv
+  compilation.enable_cache()
   if FLAGS.worker:
     serve()
     return

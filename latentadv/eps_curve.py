@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
+from latentadv import compilation
 from latentadv import evaluate
 from latentadv import models
 from latentadv import parallel
@@ -86,6 +87,7 @@ def plot(curves: dict, eps_values: list[float], path: str, norm: str = 'linf'):
 
 def _main(argv):
   del argv
+  compilation.enable_cache()
   eps_values = [float(e) for e in FLAGS.eps]
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides['eval.n_examples'] = FLAGS.n_examples

@@ -30,17 +30,25 @@ batches, in the same order), so results are identical on every process; each glo
 is sharded over the mesh, padded and masked. A batch is padded to the smallest of
 batch_size / 2^k (k = 0..3, kept if a whole multiple of the device count) that holds it, so
 the few points a strong attack leaves still robust are not attacked at the full batch's cost;
-each size compiles once per attack. Different device counts give identical results when they
+each size compiles once per attack (at most 4 programs per attack; `batch_sizes` in the record
+lists those an evaluation ran). Different device counts give identical results when they
 keep the same sizes (e.g. batch_size 256 on 1 to 32 devices).
+
+Compilation: each program is compiled ahead of time on first use (`jit(...).lower().compile()`)
+and timed apart, so the record and the log give each attack's compile and run seconds. The
+gradient attacks' step loops unroll on the CPU backend and roll on GPUs and TPUs
+(`config.eval.attack_loops`: 'auto', 'unrolled' or 'rolled'; attacks/loops.py says why); the
+entry points keep compiled programs in JAX's persistent compilation cache
+(latentadv/compilation.py), so a later run loads them instead of compiling.
 
 Library: `Evaluator`, `from_config`, `load_model(workdir)`.
 Command line: `python -m latentadv.evaluate --workdir=DIR [--config.eval.suite=autoattack ...]`
 evaluates the latest checkpoint in DIR with the config saved there (overridable) and writes
-`DIR/eval_<suite>.json` (accuracies, settings, n examples, seconds) and `DIR/eval_<suite>.npz`
-(per example: index, label, correct, robust, fooled_by_<attack>, and for FAB-T fab_linf_norm
-or fab_l2_norm: the smallest norm of the adversarial points its runs found, inf where they
-found none or where FAB-T never ran because the point was misclassified or fooled by an
-earlier attack).
+`DIR/eval_<suite>.json` (accuracies, settings, n examples, compile and run seconds, also per
+attack) and `DIR/eval_<suite>.npz` (per example: index, label, correct, robust,
+fooled_by_<attack>, and for FAB-T fab_linf_norm or fab_l2_norm: the smallest norm of the
+adversarial points its runs found, inf where they found none or where FAB-T never ran because
+the point was misclassified or fooled by an earlier attack).
 """
 
 import dataclasses
@@ -59,6 +67,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
+from latentadv import compilation
 from latentadv import models
 from latentadv import parallel
 from latentadv import seeds
@@ -67,6 +76,7 @@ from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
 from latentadv.attacks import fab
+from latentadv.attacks import loops
 from latentadv.attacks import norms
 from latentadv.attacks import pgd
 from latentadv.attacks import square
@@ -99,34 +109,35 @@ def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
                 straight_through: bool = False) -> Attack:
   """The attack `name` (a member of a suite) with its settings from `eval_config`, in the
   threat model eval_config.norm with radius eps."""
-  norm = eval_config.norm
+  norm, unroll = eval_config.norm, loops.unroll_steps(eval_config.attack_loops)
   if name in ('pgd', 'bpda'):
     step_size = eval_config.step_size * eps
     settings = dict(steps=eval_config.pgd_steps, restarts=eval_config.pgd_restarts,
-                    step_size=step_size, loss=eval_config.loss, norm=norm)
+                    step_size=step_size, loss=eval_config.loss, norm=norm, unrolled=unroll)
 
     def fooled(logits_fn, x, y, rng, run):
       del run
       return pgd.fooled_in_restart(logits_fn, x, y, rng, eps=eps, step_size=step_size,
-                                   steps=settings['steps'], loss=settings['loss'], norm=norm)
+                                   steps=settings['steps'], loss=settings['loss'], norm=norm,
+                                   unroll=unroll)
     return Attack(name, eval_config.pgd_restarts, fooled, settings,
                   straight_through or name == 'bpda')
   if name == 'apgd-ce':
     settings = dict(steps=eval_config.apgd_steps, restarts=eval_config.apgd_restarts,
-                    loss='ce', norm=norm)
+                    loss='ce', norm=norm, unrolled=unroll)
 
     def fooled(logits_fn, x, y, rng, run):
       del run
       return apgd.apgd(logits_fn, x, y, rng, eps=eps, steps=settings['steps'], loss='ce',
-                       norm=norm)[1]
+                       norm=norm, unroll=unroll)[1]
     return Attack(name, eval_config.apgd_restarts, fooled, settings, straight_through)
   if name == 'apgd-t':
     settings = dict(steps=eval_config.apgd_steps, targets=eval_config.apgd_targets,
-                    loss='targeted_dlr', norm=norm)
+                    loss='targeted_dlr', norm=norm, unrolled=unroll)
 
     def fooled(logits_fn, x, y, rng, run):
       return apgd.apgd_targeted_run(logits_fn, x, y, rng, run, eps=eps,
-                                    steps=settings['steps'], norm=norm)[1]
+                                    steps=settings['steps'], norm=norm, unroll=unroll)[1]
     return Attack(name, eval_config.apgd_targets, fooled, settings, straight_through)
   if name == 'square':
     settings = dict(queries=eval_config.square_queries, p_init=eval_config.square_p_init,
@@ -139,13 +150,14 @@ def make_attack(name: str, eval_config: ml_collections.ConfigDict, eps: float,
     return Attack(name, 1, fooled, settings)
   if name == 'fab-t':
     settings = dict(steps=eval_config.fab_steps, targets=eval_config.fab_targets,
-                    restarts=eval_config.fab_restarts, norm=norm)
+                    restarts=eval_config.fab_restarts, norm=norm, unrolled=unroll)
 
     def fooled(logits_fn, x, y, rng, run):
       restarts = settings['restarts']
       x_adv, distance = fab.fab_targeted_run(logits_fn, x, y, rng, run // restarts, eps=eps,
                                              steps=settings['steps'],
-                                             random_start=run % restarts > 0, norm=norm)
+                                             random_start=run % restarts > 0, norm=norm,
+                                             unroll=unroll)
       return fab.fooled_within(logits_fn, x, y, x_adv, eps, norm), distance
     return Attack(name, eval_config.fab_targets * eval_config.fab_restarts, fooled, settings,
                   straight_through, norm_key=f'fab_{norm}_norm')
@@ -197,6 +209,21 @@ class Evaluator:
 
     self._correct = jax.jit(correct, out_shardings=replicated)
     self._fooled = [fooled_fn(attack) for attack in self.attacks]
+    self._executables = {}  # (program name, padded batch size) -> compiled executable
+
+  def _execute(self, timing: dict, name: str, jitted, variables, image, *args) -> tuple:
+    """jitted(variables, image, *args), image (B, H, W, C), through an executable compiled
+    ahead of time for program `name` at batch size B on first use. Adds B to
+    timing[name]['batch_sizes'] and the seconds of tracing, lowering and compiling it (or
+    loading it from the persistent compilation cache) to timing[name]['compile_seconds']."""
+    entry = timing.setdefault(name, {'compile_seconds': 0.0, 'batch_sizes': set()})
+    entry['batch_sizes'].add(image.shape[0])
+    key = (name, image.shape[0])
+    if key not in self._executables:
+      start = time.perf_counter()
+      self._executables[key] = jitted.lower(variables, image, *args).compile()
+      entry['compile_seconds'] += time.perf_counter() - start
+    return self._executables[key](variables, image, *args)
 
   def _map_batches(self, fn, indices: np.ndarray, images: np.ndarray, labels: np.ndarray
                    ) -> list[np.ndarray]:
@@ -221,7 +248,11 @@ class Evaluator:
 
     Returns (record, per_example). record: clean_accuracy, robust_accuracy (worst case over
     all attacks), <attack>_accuracy (robust accuracy after that attack and those before it),
-    n_examples, eps, seconds and per attack its settings and seconds. per_example: index,
+    n_examples, eps, seconds, compile_seconds (all programs' tracing, lowering and compiling,
+    or loading from the persistent compilation cache; 0 for programs this Evaluator compiled
+    in an earlier call), run_seconds (the rest) and per attack its settings, seconds,
+    compile_seconds, run_seconds and batch_sizes (the padded batch sizes it ran at, one
+    program each). per_example: index,
     label, correct, robust, fooled_by_<attack> and each attack's norm_key (fab_linf_norm or
     fab_l2_norm: the smallest norm its runs found, inf where none ran or none found one) —
     (N,) arrays. Every process passes the same arrays and gets the same results.
@@ -229,8 +260,10 @@ class Evaluator:
     start = time.perf_counter()
     n = len(labels)
     variables = jax.device_put(variables, parallel.replicated(self._mesh))
-    correct, = self._map_batches(lambda x, y, _: self._correct(variables, x, y),
-                                 np.arange(n), images, labels)
+    timing = {}
+    correct, = self._map_batches(
+        lambda x, y, _: self._execute(timing, 'clean', self._correct, variables, x, y),
+        np.arange(n), images, labels)
     robust = correct.copy()
     record = {'clean_accuracy': float(correct.mean()), 'n_examples': n, 'eps': self.eps,
               'attacks': {}}
@@ -245,8 +278,8 @@ class Evaluator:
           break
         run_rng = jax.random.fold_in(jax.random.fold_in(rng, a), run)
         fooled, *run_norm = self._map_batches(
-            lambda x, y, number: fooled_fn(variables, x, y, jax.random.fold_in(run_rng, number),
-                                           run),
+            lambda x, y, number: self._execute(timing, attack.name, fooled_fn, variables, x, y,
+                                               jax.random.fold_in(run_rng, number), run),
             remaining, images, labels)
         if run_norm:
           norm[remaining] = np.minimum(norm[remaining], run_norm[0])
@@ -258,18 +291,31 @@ class Evaluator:
       if attack.norm_key:
         per_example[attack.norm_key] = norm
       record[f'{attack.name}_accuracy'] = float(robust.mean())
+      times = _times(timing.get(attack.name), time.perf_counter() - attack_start)
+      logging.info('%s: %.1f s compiling (batch sizes %s), %.1f s running.', attack.name,
+                   times['compile_seconds'], times['batch_sizes'], times['run_seconds'])
       record['attacks'][attack.name] = {**attack.settings, 'straight_through':
-                                        attack.straight_through,
-                                        'seconds': time.perf_counter() - attack_start}
+                                        attack.straight_through, **times}
     per_example['robust'] = robust
     record['robust_accuracy'] = float(robust.mean())
     record['seconds'] = time.perf_counter() - start
+    record['compile_seconds'] = sum(entry['compile_seconds'] for entry in timing.values())
+    record['run_seconds'] = record['seconds'] - record['compile_seconds']
     return record, per_example
 
   def __call__(self, variables, images: np.ndarray, labels: np.ndarray, rng: jax.Array
                ) -> dict:
     """The record of `evaluate` (without the per-example arrays)."""
     return self.evaluate(variables, images, labels, rng)[0]
+
+
+def _times(entry: dict | None, seconds: float) -> dict:
+  """{seconds, compile_seconds, run_seconds (the rest), batch_sizes (sorted)} of a program
+  that took `seconds` in all, from its Evaluator._execute timing entry (None: never ran)."""
+  entry = entry or {'compile_seconds': 0.0, 'batch_sizes': ()}
+  return {'seconds': seconds, 'compile_seconds': entry['compile_seconds'],
+          'run_seconds': seconds - entry['compile_seconds'],
+          'batch_sizes': sorted(entry['batch_sizes'])}
 
 
 def from_config(model, mesh, config: ml_collections.ConfigDict, *, steps: int,
@@ -410,6 +456,7 @@ def workdir_config(workdir: str, base: ml_collections.ConfigDict,
 
 def _main(argv):
   del argv
+  compilation.enable_cache()
   config = workdir_config(FLAGS.workdir, default.get_config(),
                           config_flags.get_override_values(FLAGS['config']))
   result = evaluate_workdir(FLAGS.workdir, config, FLAGS.state, FLAGS.seed_index)

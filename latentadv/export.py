@@ -32,6 +32,7 @@ from absl import flags
 from absl import logging
 
 from latentadv import checkpoint
+from latentadv import compilation
 from latentadv import evaluate
 from latentadv import seeds
 from latentadv import state as state_lib
@@ -194,6 +195,7 @@ def export_workdir(workdir: str, config: ml_collections.ConfigDict,
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation.enable_cache()
   logging.set_verbosity(logging.WARNING)  # No per-restore INFO lines of orbax.
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'model.pt')
   try:

@@ -19,6 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from latentadv import checkpoint
+from latentadv import compilation
 from latentadv import parallel
 from latentadv import train
 from latentadv import validation
@@ -73,6 +74,7 @@ def _hide_accelerators_from_tensorflow():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation.enable_cache()
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Only process 0 logs progress.

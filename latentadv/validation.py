@@ -7,6 +7,7 @@ from latentadv import methods
 from latentadv import models
 from latentadv import parallel
 from latentadv.attacks import SUITES
+from latentadv.attacks import loops
 from latentadv.attacks import norms
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -60,6 +61,7 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
   _one_of(config, 'eval.suite', SUITES)
   _one_of(config, 'eval.norm', norms.NORMS)
+  _one_of(config, 'eval.attack_loops', loops.LOOPS)
   _one_of(config, 'method.norm', norms.NORMS)
   _validate_method_norm(config.method)
   if config.data.source == 'local':

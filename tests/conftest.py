@@ -1,4 +1,5 @@
-"""Test set-up: 8 virtual CPU devices (multi-device code paths run on any machine)."""
+"""Test set-up: 8 virtual CPU devices (multi-device code paths run on any machine) and the
+persistent compilation cache that every entry point uses (latentadv/compilation.py)."""
 
 import os
 
@@ -10,11 +11,13 @@ import numpy as np
 import optax
 import pytest
 
+from latentadv import compilation
 from latentadv.attacks import losses
 from latentadv.attacks import norms
 from latentadv.data import readers
 
 jax.config.update('jax_num_cpu_devices', 8)
+compilation.enable_cache()
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_ROOT = os.path.join(REPO_ROOT, '..', 'shared', 'data')

@@ -1,5 +1,6 @@
 """Tests for the evaluator: suites, the still-robust bookkeeping, sharding, BPDA, foolbox."""
 
+import flax.linen as nn
 import foolbox
 import jax
 import jax.numpy as jnp
@@ -151,3 +152,58 @@ def test_our_pgd_is_no_weaker_than_foolbox(mnist, mlp):
   assert abs(ours['clean_accuracy'] - np.mean(np.asarray(fmodel(jnp.asarray(x))).argmax(-1)
                                               == y)) < 1e-9
   assert ours['robust_accuracy'] <= theirs + 0.01, (ours['robust_accuracy'], theirs)
+
+
+class TinyCNN(nn.Module):
+  """A 3x3 convolution (8 channels, stride 2) and a dense head on (B, 28, 28, 1) images."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    return nn.Dense(10, name='head')(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize('suite', ['pgd', 'autoattack'])
+def test_rolled_and_unrolled_attacks_give_the_same_verdicts(mnist, suite):
+  """Every attack's per-example flags with its step loops rolled equal those with them
+  unrolled, on a small convolutional network; FAB-T's norms agree to float32 round-off (XLA
+  fuses the two programs differently)."""
+  model = TinyCNN()
+  variables = train_classifier(model, mnist[0], mnist[1])
+  _, _, x, y = mnist
+  results = {loop: _evaluator(model, suite, attack_loops=loop, fab_steps=10).evaluate(
+                 variables, x, y, jax.random.key(4))
+             for loop in ('rolled', 'unrolled')}
+  (rolled_record, rolled), (unrolled_record, unrolled) = results['rolled'], results['unrolled']
+  assert rolled.keys() == unrolled.keys()
+  for key in rolled:
+    if rolled[key].dtype.kind == 'f':
+      np.testing.assert_allclose(rolled[key], unrolled[key], rtol=1e-5, err_msg=key)
+    else:
+      np.testing.assert_array_equal(rolled[key], unrolled[key], err_msg=key)
+  assert 0 < rolled_record['robust_accuracy'] < rolled_record['clean_accuracy']
+  looped = [name for name, settings in unrolled_record['attacks'].items()
+            if 'unrolled' in settings]
+  assert looped and all(unrolled_record['attacks'][name]['unrolled'] for name in looped)
+  assert not any(rolled_record['attacks'][name]['unrolled'] for name in looped)
+
+
+def test_records_compile_and_run_seconds_per_attack(mnist, mlp):
+  """Each attack's compile and run seconds add up to its seconds; a second evaluation by the
+  same Evaluator reuses every compiled program."""
+  model, variables = mlp
+  _, _, x, y = mnist
+  evaluator = _evaluator(model, 'autoattack')
+  first, second = (evaluator.evaluate(variables, x[:100], y[:100], jax.random.key(0))[0]
+                   for _ in range(2))
+  for name, attack in first['attacks'].items():
+    assert attack['compile_seconds'] > 0, name
+    assert attack['run_seconds'] > 0, name
+    assert attack['compile_seconds'] + attack['run_seconds'] == pytest.approx(attack['seconds'])
+    assert attack['batch_sizes'] and set(attack['batch_sizes']) <= {64, 32, 16, 8}
+    assert second['attacks'][name]['compile_seconds'] == 0
+    assert second['attacks'][name]['batch_sizes'] == attack['batch_sizes']
+  assert first['compile_seconds'] > sum(a['compile_seconds'] for a in first['attacks'].values())
+  assert first['compile_seconds'] + first['run_seconds'] == pytest.approx(first['seconds'])
+  assert second['compile_seconds'] == 0

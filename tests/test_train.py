@@ -55,6 +55,7 @@ def test_every_config_file_and_preset_is_valid(path, preset):
     ('method.slat.eps_h', -1.0, 'config.method.slat.eps_h'),
     ('model.preact_resnet18.init', 'xavier', 'config.model.preact_resnet18.init'),
     ('optim.cyclic_momentum_low', 0.95, 'config.optim.cyclic_momentum_low'),
+    ('eval.attack_loops', 'sometimes', 'config.eval.attack_loops'),
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
   config = default.get_config()

@@ -13,13 +13,11 @@ after the momentum term.
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count, loss
 name and norm ('linf' or 'l2') are Python values (static under jit), eps may be traced.
 
-Loops: XLA:CPU runs the input-gradient convolutions of a conv net ~4x slower inside any
-while loop (their kernels keep an `01oi` layout there; forward passes are unaffected):
-PreActResNet-18, batch 32, 2.0 s vs 0.43 s per step. So `apgd` unrolls its steps by default,
-like PGD (see attacks/pgd.py); as 100 unrolled steps take ~70-85 s to compile (MnistCNN or
-PreActResNet-18, vs ~4 s rolled), `unroll=False` rolls them. `apgd_targeted` loops over its
-targets with a rolled loop, inside which unrolling the steps would only add compile time, so
-its steps are rolled; a host loop over one jitted `apgd_targeted_run` avoids the slowdown.
+Loops: `apgd` and `apgd_targeted_run` unroll their steps on the CPU backend and roll them on
+accelerators (`unroll`, default 'auto'; attacks/loops.py says why). `apgd_targeted` loops over
+its targets with a rolled loop, inside which unrolling the steps would only add compile time,
+so its steps are rolled; a host loop over one jitted `apgd_targeted_run` (the Evaluator's)
+avoids XLA:CPU's in-loop slowdown.
 """
 
 from typing import Callable, NamedTuple
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latentadv.attacks import loops
 from latentadv.attacks import losses
 from latentadv.attacks import norms
 from latentadv.attacks.norms import project
@@ -66,7 +65,7 @@ def _checkpoint_intervals(steps: int) -> np.ndarray:
 
 
 def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
-         x_start: jax.Array, eps: float, steps: int, unroll: bool, norm: str
+         x_start: jax.Array, eps: float, steps: int, unroll: bool | str, norm: str
          ) -> tuple[jax.Array, jax.Array]:
   """One APGD run from x_start maximising loss_fn(logits) (B,); returns (x_adv, fooled)."""
   intervals = jnp.asarray(_checkpoint_intervals(steps))
@@ -113,7 +112,7 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
              grad_best=grad, x_fool=x_start, fooled=wrong,
              successes=jnp.zeros(loss.shape, jnp.int32), best_at_check=loss,
              halved_at_check=jnp.ones(loss.shape, bool))
-  s = jax.lax.fori_loop(0, steps, body, s, unroll=unroll)
+  s = jax.lax.fori_loop(0, steps, body, s, unroll=loops.unroll_steps(unroll))
   return where(s.fooled, s.x_fool, s.x_best), s.fooled
 
 
@@ -132,14 +131,14 @@ def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool, norm: s
 
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
-         steps: int = 100, loss: str = 'ce', random_start: bool = True, unroll: bool = True,
-         norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
+         steps: int = 100, loss: str = 'ce', random_start: bool = True,
+         unroll: bool | str = 'auto', norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss]
   in the `norm` eps-ball.
 
   Returns (x_adv, fooled): fooled (B,) bool says some iterate (the start included) was
   misclassified, and x_adv (B, H, W, C) is then such an iterate, else the highest-loss one.
-  Costs steps + 1 forward-backward passes; `unroll` unrolls the step loop (see above).
+  Costs steps + 1 forward-backward passes; `unroll` as in loops.unroll_steps.
   """
   loss_fn = losses.LOSSES[loss]
   return _run(logits_fn, lambda logits: loss_fn(logits, y), x, y,
@@ -148,14 +147,15 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps
 
 def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                       target: int | jax.Array, *, eps: float, steps: int = 100,
-                      random_start: bool = True, unroll: bool = True, norm: str = 'linf'
-                      ) -> tuple[jax.Array, jax.Array]:
+                      random_start: bool = True, unroll: bool | str = 'auto',
+                      norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """One APGD-T run on images x (B, H, W, C), labels y (B,), maximising losses.targeted_dlr
   in the `norm` eps-ball.
 
   Each example's target is its `target`-th (0-based; may be traced) highest clean logit among
   the classes other than y. Returns (x_adv, fooled) as `apgd`: fooled means misclassified
-  (as any class). Costs steps + 1 forward-backward passes and one forward pass.
+  (as any class). Costs steps + 1 forward-backward passes and one forward pass; `unroll` as in
+  loops.unroll_steps.
   """
   clean = logits_fn(x)
   others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)

@@ -25,9 +25,9 @@ at distance min(best norm, eps) / 2 (AutoAttack forgets it between runs: always 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); step counts and the norm
 are Python values (static under jit), eps (which only sets the random starts) may be traced.
 
-Loops: as in attacks/apgd.py, `fab_targeted_run` unrolls its steps by default (XLA:CPU runs
-the input gradients of a conv net ~4x slower inside a while loop; `unroll=False` compiles
-faster), and `fab_targeted` loops over its targets with a rolled loop, its steps rolled.
+Loops: as in attacks/apgd.py, `fab_targeted_run` unrolls its steps on the CPU backend and
+rolls them on accelerators (`unroll`, default 'auto'; attacks/loops.py), and `fab_targeted`
+loops over its targets with a rolled loop, its steps rolled.
 """
 
 from typing import NamedTuple
@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from latentadv.attacks import loops
 from latentadv.attacks import norms
 from latentadv.attacks.pgd import LogitsFn
 
@@ -127,7 +128,7 @@ class _State(NamedTuple):
 
 
 def _run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, target_class: jax.Array,
-         s: _State, steps: int, unroll: bool, norm: str) -> _State:
+         s: _State, steps: int, unroll: bool | str, norm: str) -> _State:
   """`steps` FAB steps from s.x_k towards class target_class (B,), keeping the closest
   misclassified iterate in the `norm` in s.x_best / s.best."""
   batch = x.shape[0]
@@ -160,7 +161,7 @@ def _run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, target_class: jax.Arra
                   x_best=where(better, x_next, s.x_best),
                   best=jnp.where(better, distance, s.best))
 
-  return jax.lax.fori_loop(0, steps, body, s, unroll=unroll)
+  return jax.lax.fori_loop(0, steps, body, s, unroll=loops.unroll_steps(unroll))
 
 
 def _random_start(rng: jax.Array, x: jax.Array, radius: jax.Array, norm: str) -> jax.Array:
@@ -189,7 +190,7 @@ def _clean_state(clean: jax.Array, x: jax.Array, y: jax.Array) -> _State:
 
 def fab_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                      target: int | jax.Array, *, eps: float, steps: int = 100,
-                     random_start: bool | jax.Array = False, unroll: bool = True,
+                     random_start: bool | jax.Array = False, unroll: bool | str = 'auto',
                      norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """One FAB-T run on images x (B, H, W, C), labels y (B,), towards each example's
   `target`-th (0-based; may be traced) most likely class other than y, minimising the
@@ -200,7 +201,7 @@ def fab_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.A
   x_adv (B, H, W, C) the misclassified iterate closest to x (x itself where x is
   misclassified, distance 0; x where none was found, distance inf), distance (B,) its
   `norm` distance to x. Costs steps forward-backward and steps + 1 forward passes; `unroll`
-  unrolls the steps.
+  as in loops.unroll_steps.
   """
   clean = logits_fn(x)
   radius = jnp.where(random_start, eps / 2, 0.0) * jnp.ones(y.shape, x.dtype)

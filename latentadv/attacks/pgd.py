@@ -8,9 +8,9 @@ random start is uniform in the ball.
 name and the norm ('linf' or 'l2') are Python values (static under jit); eps and step_size
 may be traced.
 
-The step loop is unrolled (`fori_loop(..., unroll=True)`): XLA:CPU runs a convolutional
-network about 3x slower inside a while loop than unrolled (benchmarks/step_cost.py shows the
-PGD-AT cost); the effect on accelerators is not measured.
+The step loop is unrolled on the CPU backend and rolled on accelerators (`unroll`, default
+'auto'; see attacks/loops.py): XLA:CPU runs a convolutional network about 3x slower inside a
+while loop than unrolled (benchmarks/step_cost.py shows the PGD-AT cost).
 """
 
 from typing import Callable
@@ -18,6 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from latentadv.attacks import loops
 from latentadv.attacks import norms
 from latentadv.attacks.losses import LOSSES
 from latentadv.attacks.norms import project
@@ -54,23 +55,24 @@ def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
         step_size: float, steps: int, random_start: bool = True, loss: str = 'ce',
-        norm: str = 'linf') -> jax.Array:
+        norm: str = 'linf', unroll: bool | str = 'auto') -> jax.Array:
   """Returns the last PGD iterate (B, H, W, C) maximising the summed loss of labels y (B,)
-  in the `norm` eps-ball around x (B, H, W, C)."""
+  in the `norm` eps-ball around x (B, H, W, C); `unroll` as in loops.unroll_steps."""
   step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
   x_adv = _init(rng, x, eps, random_start, norm)
-  return jax.lax.fori_loop(0, steps, lambda _, x_adv: step(x_adv)[0], x_adv, unroll=True)
+  return jax.lax.fori_loop(0, steps, lambda _, x_adv: step(x_adv)[0], x_adv,
+                           unroll=loops.unroll_steps(unroll))
 
 
 def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
                       eps: float, step_size: float, steps: int, loss: str = 'ce',
-                      norm: str = 'linf') -> jax.Array:
+                      norm: str = 'linf', unroll: bool | str = 'auto') -> jax.Array:
   """Returns fooled (B,) bool: some iterate of one random-start PGD run in the `norm`
   eps-ball is misclassified.
 
   The random start and all `steps` iterates after it are checked. The logits of each iterate
   come from the forward pass of its gradient step, so the cost is `steps` forward-backward
-  passes plus one forward pass for the last iterate.
+  passes plus one forward pass for the last iterate. `unroll` as in loops.unroll_steps.
   """
   step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
 
@@ -81,7 +83,7 @@ def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.
 
   x_adv = _init(rng, x, eps, random_start=True, norm=norm)
   x_adv, fooled = jax.lax.fori_loop(0, steps, attack_step, (x_adv, jnp.zeros(y.shape, bool)),
-                                    unroll=True)
+                                    unroll=loops.unroll_steps(unroll))
   return fooled | (logits_fn(x_adv).argmax(axis=-1) != y)
 
 

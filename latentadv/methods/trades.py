@@ -5,12 +5,14 @@ The authors' algorithm. Inner max: from x + 0.001 * N(0, 1), `steps` sign steps 
 the eps-ball and [0, 1] (10 steps of 2/255 on CIFAR-10, 40 of 0.01 on MNIST). Attack passes
 use BatchNorm per `config.method.attack_bn` and never update its statistics; the reference code
 attacks in eval mode (`attack_bn='eval'`). Loss: CE(f(x), y) + beta * KL(softmax(f(x)) ||
-softmax(f(x'))), batch-mean KL, beta = 6, both passes in train mode (common.trades_loss).
+softmax(f(x'))), batch-mean KL, beta = 6, both passes in train mode (common.trades_loss). The
+inner steps unroll on the CPU backend and roll on accelerators (attacks/loops.py).
 """
 
 import jax
 import ml_collections
 
+from latentadv.attacks import loops
 from latentadv.attacks import pgd
 from latentadv.methods import common
 
@@ -27,7 +29,8 @@ def adversarial_example(logits_fn, x: jax.Array, rng: jax.Array, *, eps, steps: 
   x_adv = x + init_std * jax.random.normal(rng, x.shape, x.dtype)
   x_adv = jax.lax.fori_loop(
       0, steps, lambda _, x_adv: common.kl_sign_step(logits_fn, x_adv, x, clean_logits,
-                                                     step_size, eps), x_adv, unroll=True)
+                                                     step_size, eps), x_adv,
+      unroll=loops.unroll_steps())
   return pgd.project(x_adv, x, eps)  # a no-op after any step; keeps steps = 0 in range
 
 
