@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.device_put(
       seed_axis.stack([state_lib.init_state(model, tx, init_rng, image_shape, carry)
                        for init_rng in init_rngs]), seed_axis.state_sharding())
-  rng = jax.device_put(seed_axis.stack(rngs), seed_axis.state_sharding())
+  rng = seed_axis.stack(rngs)  # placed by the jitted step's in_shardings
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
                                        config.train.checkpoints_to_keep,
                                        remove_interrupted_saves=True)
