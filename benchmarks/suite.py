@@ -220,6 +220,16 @@ def _percent(row: dict, key: str) -> str:
                                     if row['seeds'] > 1 else '')
 
 
+def _autoattack_cell(row: dict) -> str:
+  """The AutoAttack-style cell of a row: over every seed, or over the seeds that did not
+  collapse when the others were skipped (--noautoattack_collapsed)."""
+  evaluated = row.get('autoattack_seeds', row['seeds'])
+  if not evaluated:
+    return f'skipped: all {row["seeds"]} seeds collapsed ({row["autoattack_examples"]})'
+  return f'{_percent(row, "autoattack")} ({row["autoattack_examples"]}' + (
+      f'; {evaluated} not collapsed seeds' if evaluated < row['seeds'] else '') + ')'
+
+
 def table(rows: list[dict]) -> str:
   """Markdown table of `summarise` rows; time relative to `standard` at the same eps, or at
   any eps when the suite trained it at one only (its cost does not depend on eps). Clean and
@@ -240,9 +250,7 @@ def table(rows: list[dict]) -> str:
              f'{row["pgd_examples"]})', 'not monitored' if row.get('collapsed') is None
              else f'{row["collapsed"]} of {row["seeds"]}',
              f'{_percent(row, "kept_clean")} / {_percent(row, "kept_pgd")}',
-             f'{_percent(row, "autoattack")} ({row["autoattack_examples"]}'
-             + (f'; {row["autoattack_seeds"]} not collapsed seeds'
-                if row.get('autoattack_seeds', row['seeds']) < row['seeds'] else '') + ')']
+             _autoattack_cell(row)]
     lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
                  f'{" | ".join(cells)} | {row["train_seconds"]:.0f} | {relative} |')
   return '\n'.join(lines)
