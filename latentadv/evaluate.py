@@ -374,10 +374,19 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
   name = f'eval_{config.eval.suite}' + ('_last' if state == 'last' else '')
+  model = state_lib.build_model(config)
+  attacks = suite_attacks(config.eval.suite, config.eval, config.method.eps,
+                          has_quantiser=models.has_quantiser(model))
+  # One evaluator for every seed: each program compiles once.
+  evaluator = Evaluator(model.apply, parallel.make_mesh(), attacks, eps=config.method.eps,
+                        batch_size=config.eval.batch_size,
+                        surrogate_apply_fn=models.straight_through(model).apply)
+  test_split = readers.eval_split(config.data, 'test', config.eval.n_examples)
   if config.num_seeds == 1 or seed_index is not None:
     state_lib.check_seed_index(config, seed_index)
-    return _evaluate_seed(workdir, config, state, seed_index, name)
-  records = [_evaluate_seed(workdir, config, state, k, name) for k in range(config.num_seeds)]
+    return _evaluate_seed(workdir, config, state, seed_index, name, evaluator, test_split)
+  records = [_evaluate_seed(workdir, config, state, k, name, evaluator, test_split)
+             for k in range(config.num_seeds)]
   record = {key: records[0][key] for key in ('suite', 'label', 'norm', 'state', 'n_examples',
                                              'eps')}
   record.update(num_seeds=config.num_seeds, seeds=records, summary={
@@ -390,21 +399,16 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
 
 
 def _evaluate_seed(workdir: str, config: ml_collections.ConfigDict, state: str,
-                   seed_index: int | None, name: str) -> dict:
-  """evaluate_workdir of one model (seed index `seed_index`, None for a single-seed run),
-  written to <name>.json/.npz (<name>_seed<k>.* for seed index k)."""
-  model, variables = state_lib.restore_variables(workdir, config, state, seed_index)
-  images, labels = readers.eval_split(config.data, 'test', config.eval.n_examples)
-  n = len(labels)
+                   seed_index: int | None, name: str, evaluator: Evaluator,
+                   test_split: tuple[np.ndarray, np.ndarray]) -> dict:
+  """evaluate_workdir of one model (seed index `seed_index`, None for a single-seed run) with
+  `evaluator` on test_split (images (N, H, W, C), labels (N,)), written to <name>.json/.npz
+  (<name>_seed<k>.* for seed index k)."""
+  _, variables = state_lib.restore_variables(workdir, config, state, seed_index)
+  images, labels = test_split
   suite = config.eval.suite
-  surrogate = models.straight_through(model)
-  attacks = suite_attacks(suite, config.eval, config.method.eps,
-                          has_quantiser=models.has_quantiser(model))
-  evaluator = Evaluator(model.apply, parallel.make_mesh(), attacks, eps=config.method.eps,
-                        batch_size=config.eval.batch_size, surrogate_apply_fn=surrogate.apply)
   seed = config.seed + (seed_index or 0)
-  record, per_example = evaluator.evaluate(variables, images[:n], labels[:n],
-                                           jax.random.key(seed + 2))
+  record, per_example = evaluator.evaluate(variables, images, labels, jax.random.key(seed + 2))
   record = {'suite': suite, 'label': _LABELS.get(suite, suite), 'norm': config.eval.norm,
             'state': state, 'checkpoints': checkpoint.state_subdir(workdir, state, seed_index),
             **({} if seed_index is None else {'seed_index': seed_index, 'seed': seed}),
