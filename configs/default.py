@@ -104,7 +104,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, fab-t, square, bpda, autoattack
       norm='linf',            # threat model of the attacks: 'linf' or 'l2' (eps: method.eps)
       batch_size=500,
-      attack_loops='auto',    # step loops: 'auto' (unrolled on CPU, else rolled), 'unrolled', 'rolled'
+      attack_loops='auto',    # step loops: 'auto' (= 'rolled'), 'rolled', 'unrolled'
       n_examples=0,           # final evaluation on the first n test examples (0 = all)
       pgd_steps=50,
       pgd_restarts=10,

@@ -27,17 +27,19 @@ config.method.eps, read in that norm; the periodic and final evaluations during 
 
 Every process holds all examples and runs the same host loop (the same examples in the same
 batches, in the same order), so results are identical on every process; each global batch
-is sharded over the mesh, padded and masked. A batch is padded to the smallest of
-batch_size / 2^k (k = 0..3, kept if a whole multiple of the device count) that holds it, so
-the few points a strong attack leaves still robust are not attacked at the full batch's cost;
+is sharded over the mesh, padded and masked. Global batches have one of the sizes
+batch_size / 2^k (k = 0..3, kept if a whole multiple of the device count): the examples of a
+run fill full batches, and the rest is padded to a multiple of the smallest size and split into
+smaller sizes (at batch_size 128, 88 examples run as 64 + 32 and 67 as 64 + 16), so the points
+a strong attack leaves still robust are attacked with at most smallest size - 1 padded points;
 each size compiles once per attack (at most 4 programs per attack; `batch_sizes` in the record
 lists those an evaluation ran). Different device counts give identical results when they
 keep the same sizes (e.g. batch_size 256 on 1 to 32 devices).
 
 Compilation: each program is compiled ahead of time on first use (`jit(...).lower().compile()`)
 and timed apart, so the record and the log give each attack's compile and run seconds. The
-gradient attacks' step loops unroll on the CPU backend and roll on GPUs and TPUs
-(`config.eval.attack_loops`: 'auto', 'unrolled' or 'rolled'; attacks/loops.py says why); the
+gradient attacks' step loops are rolled (`config.eval.attack_loops`: 'auto' = 'rolled', or
+'unrolled'; attacks/loops.py says why); the
 entry points keep compiled programs in JAX's persistent compilation cache
 (latentadv/compilation.py), so a later run loads them instead of compiling.
 
@@ -225,15 +227,28 @@ class Evaluator:
       entry['compile_seconds'] += time.perf_counter() - start
     return self._executables[key](variables, image, *args)
 
+  def _chunks(self, n: int) -> list[tuple[int, int]]:
+    """(start, padded size) of each global batch that covers n examples: full batches, then
+    the rest padded to a multiple of the smallest padded size and split into distinct padded
+    sizes, largest first (e.g. at batch size 128: 88 -> 64 + 32, 67 -> 64 + 16)."""
+    chunks = [(start, self._batch_size) for start in range(0, n - n % self._batch_size,
+                                                          self._batch_size)]
+    smallest = self._padded_sizes[-1]
+    rest = -(-(n % self._batch_size) // smallest) * smallest
+    start = n - n % self._batch_size
+    for size in self._padded_sizes:
+      if rest >= size:
+        chunks.append((start, size))
+        start, rest = start + size, rest - size
+    return chunks
+
   def _map_batches(self, fn, indices: np.ndarray, images: np.ndarray, labels: np.ndarray
                    ) -> list[np.ndarray]:
     """fn(image, label, batch_number) -> a tuple of (B,) arrays, over `indices` in padded
     global batches; returns its arrays for all of `indices`, (len(indices),) each."""
     parts = []
-    size = self._batch_size
-    for number, start in enumerate(range(0, len(indices), size)):
-      chunk = indices[start:start + size]
-      padded_size = min(s for s in self._padded_sizes if s >= len(chunk))
+    for number, (start, padded_size) in enumerate(self._chunks(len(indices))):
+      chunk = indices[start:start + padded_size]
       padded = np.concatenate([chunk, np.full(padded_size - len(chunk), chunk[0])])
       batch = parallel.shard_batch({'image': transforms.to_unit_interval(images[padded]),
                                     'label': labels[padded]},

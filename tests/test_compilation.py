@@ -51,8 +51,8 @@ def test_tests_run_with_the_cache_of_the_environment():
   assert jax.config.jax_compilation_cache_dir == expected
 
 
-def test_loops_unroll_on_the_cpu_backend_only_by_default():
-  assert loops.unroll_steps() == (jax.default_backend() == 'cpu')
+def test_loops_roll_unless_asked_to_unroll():
+  assert not loops.unroll_steps() and not loops.unroll_steps('auto')
   assert loops.unroll_steps('unrolled') and not loops.unroll_steps('rolled')
   assert loops.unroll_steps(True) and not loops.unroll_steps(False)
   with pytest.raises(ValueError, match='sometimes'):

@@ -13,11 +13,11 @@ after the momentum term.
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count, loss
 name and norm ('linf' or 'l2') are Python values (static under jit), eps may be traced.
 
-Loops: `apgd` and `apgd_targeted_run` unroll their steps on the CPU backend and roll them on
-accelerators (`unroll`, default 'auto'; attacks/loops.py says why). `apgd_targeted` loops over
-its targets with a rolled loop, inside which unrolling the steps would only add compile time,
-so its steps are rolled; a host loop over one jitted `apgd_targeted_run` (the Evaluator's)
-avoids XLA:CPU's in-loop slowdown.
+Loops: `apgd` and `apgd_targeted_run` roll their steps (`unroll`, default 'auto' = rolled;
+attacks/loops.py says why; 'unrolled' or True unrolls them). `apgd_targeted` loops over its
+targets with a rolled loop, its steps rolled; the Evaluator instead runs one jitted
+`apgd_targeted_run` per target from the host, so that each target attacks only the points
+still robust.
 """
 
 from typing import Callable, NamedTuple

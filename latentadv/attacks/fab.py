@@ -25,9 +25,8 @@ at distance min(best norm, eps) / 2 (AutoAttack forgets it between runs: always 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); step counts and the norm
 are Python values (static under jit), eps (which only sets the random starts) may be traced.
 
-Loops: as in attacks/apgd.py, `fab_targeted_run` unrolls its steps on the CPU backend and
-rolls them on accelerators (`unroll`, default 'auto'; attacks/loops.py), and `fab_targeted`
-loops over its targets with a rolled loop, its steps rolled.
+Loops: as in attacks/apgd.py, `fab_targeted_run` rolls its steps (`unroll`, default 'auto' =
+rolled; attacks/loops.py), and `fab_targeted` loops over its targets with a rolled loop.
 """
 
 from typing import NamedTuple

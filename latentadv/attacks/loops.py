@@ -1,30 +1,25 @@
-"""Whether the attacks' step loops unroll: by backend, unless a setting says otherwise.
+"""Whether the attacks' step loops unroll: rolled unless a setting says otherwise.
 
-XLA:CPU runs the input-gradient convolutions of a conv net ~4x slower inside a `while` loop
-than unrolled (their kernels keep an `01oi` layout there; PreActResNet-18, batch 32: 2.0 s vs
-0.43 s per APGD step), so on the CPU the gradient attacks (PGD, APGD, APGD-T runs, FAB-T runs)
-unroll their steps, paying ~70-85 s of compilation for 100 steps (vs ~4 s rolled) per program
-and batch size; the persistent compilation cache (latentadv/compilation.py) then saves XLA's
-compilation but not JAX's tracing and lowering of the 100 steps (README, Speed). The slowdown comes from XLA:CPU's convolution layouts; on GPUs and
-TPUs the loops roll, so an attack compiles one step instead of 100 (their in-loop speed is not
-measured in this repository).
+A rolled loop (`lax.fori_loop`) traces and compiles one step; unrolled, 100 APGD or FAB-T steps
+cost a minute or more of tracing and compilation per program and batch size on a CPU, most of
+which a warm persistent compilation cache does not save. Rolled loops used to run several times
+slower on XLA:CPU, whose input-gradient convolutions inside a `while` loop missed the library
+kernel; the models' convolution (models/convolution.py) gives them the library form, after
+which a rolled step costs what an unrolled one does (benchmarks/attack_loops.py), so every
+backend rolls.
 
-Settings (config.eval.attack_loops, or an attack's `unroll` argument): 'auto' (unrolled on
-the CPU backend, rolled on any other), 'unrolled', 'rolled', or a bool.
+Settings (config.eval.attack_loops, or an attack's `unroll` argument): 'auto' (rolled, the
+default), 'rolled', 'unrolled', or a bool.
 """
-
-import jax
 
 LOOPS = ('auto', 'unrolled', 'rolled')
 
 
 def unroll_steps(setting: bool | str = 'auto') -> bool:
   """True if an attack's step loop should be unrolled under `setting` (a bool is returned as
-  it is); 'auto' decides from jax.default_backend(): unrolled on 'cpu' only."""
+  it is): only for 'unrolled'."""
   if isinstance(setting, bool):
     return setting
   if setting not in LOOPS:
     raise ValueError(f'Unknown loop setting {setting!r}; valid: {", ".join(LOOPS)} or a bool.')
-  if setting == 'auto':
-    return jax.default_backend() == 'cpu'
   return setting == 'unrolled'

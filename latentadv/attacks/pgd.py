@@ -8,9 +8,8 @@ random start is uniform in the ball.
 name and the norm ('linf' or 'l2') are Python values (static under jit); eps and step_size
 may be traced.
 
-The step loop is unrolled on the CPU backend and rolled on accelerators (`unroll`, default
-'auto'; see attacks/loops.py): XLA:CPU runs a convolutional network about 3x slower inside a
-while loop than unrolled (benchmarks/step_cost.py shows the PGD-AT cost).
+The step loop is rolled (`unroll`, default 'auto' = rolled; 'unrolled' or True unrolls it;
+attacks/loops.py says why).
 """
 
 from typing import Callable

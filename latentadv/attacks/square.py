@@ -26,8 +26,7 @@ L-inf version does; start tiles that pass the image's edge are cut there (AutoAt
 fails on such images, e.g. below 25 x 25 pixels).
 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K). The queries are a rolled
-`while_loop` (forward passes do not suffer XLA:CPU's in-loop slowdown, and 5,000 unrolled
-queries would not compile), which ends early once every example is fooled.
+`while_loop`, which ends early once every example is fooled.
 """
 
 import functools

@@ -6,7 +6,7 @@ the eps-ball and [0, 1] (10 steps of 2/255 on CIFAR-10, 40 of 0.01 on MNIST). At
 use BatchNorm per `config.method.attack_bn` and never update its statistics; the reference code
 attacks in eval mode (`attack_bn='eval'`). Loss: CE(f(x), y) + beta * KL(softmax(f(x)) ||
 softmax(f(x'))), batch-mean KL, beta = 6, both passes in train mode (common.trades_loss). The
-inner steps unroll on the CPU backend and roll on accelerators (attacks/loops.py).
+inner steps are a rolled loop (attacks/loops.py).
 """
 
 import jax

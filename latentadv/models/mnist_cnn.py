@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from latentadv.models.common import normalize, readout, torch_dense_init
+from latentadv.models.convolution import Conv
 from latentadv.models.taps import tap
 
 _PAD1 = ((1, 1), (1, 1))
@@ -36,11 +37,11 @@ class MnistCNN(nn.Module):
     """
     del train
     h = normalize(x, self.mean, self.std) if self.normalize else x
-    h = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1', dtype=self.dtype,
-                        **torch_dense_init(4 * 4 * x.shape[-1]))(h))
+    h = nn.relu(Conv(16, (4, 4), strides=2, padding=_PAD1, name='conv1', dtype=self.dtype,
+                     **torch_dense_init(4 * 4 * x.shape[-1]))(h))
     h = tap(self, 'stem', h)
-    h = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2', dtype=self.dtype,
-                        **torch_dense_init(4 * 4 * 16))(h))
+    h = nn.relu(Conv(32, (4, 4), strides=2, padding=_PAD1, name='conv2', dtype=self.dtype,
+                     **torch_dense_init(4 * 4 * 16))(h))
     h = tap(self, 'stage1', h)
     h = h.reshape((h.shape[0], -1))
     h = nn.relu(nn.Dense(100, name='fc', dtype=self.dtype, **torch_dense_init(h.shape[-1]))(h))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from latentadv.models.common import (he_kernel_init, normalize, readout, torch_dense_init,
                                      torch_kernel_init)
+from latentadv.models.convolution import Conv
 from latentadv.models.taps import tap
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 1 - 0.9 here); scale 1, bias 0.
@@ -26,8 +27,8 @@ Initializer = Callable[..., jax.Array]
 def conv3x3(features: int, strides: int = 1, name: str | None = None,
             dtype: Any = jnp.float32, kernel_init: Initializer = he_kernel_init) -> nn.Conv:
   """A bias-free 3x3 convolution with PyTorch-style symmetric padding 1, computing in dtype."""
-  return nn.Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)), use_bias=False,
-                 kernel_init=kernel_init, name=name, dtype=dtype)
+  return Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)), use_bias=False,
+              kernel_init=kernel_init, name=name, dtype=dtype)
 
 
 class PreActBlock(nn.Module):
@@ -53,9 +54,9 @@ class PreActBlock(nn.Module):
     out = nn.relu(norm(name='bn1')(x))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
-                         kernel_init=self.kernel_init, name='shortcut', dtype=self.dtype)(
-                             out if self.preactivated_shortcut else x)
+      shortcut = Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
+                      kernel_init=self.kernel_init, name='shortcut', dtype=self.dtype)(
+                          out if self.preactivated_shortcut else x)
     out = conv3x3(self.features, self.strides, name='conv1', dtype=self.dtype,
                   kernel_init=self.kernel_init)(out)
     out = nn.relu(norm(name='bn2')(out))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from latentadv.models.common import he_kernel_init, normalize, readout, torch_dense_init
 from latentadv.models.preact_resnet import BatchNorm, Initializer
+from latentadv.models.convolution import Conv
 from latentadv.models.taps import tap
 
 # The convolutions' initialisation by name (config.model.resnet50.init). 'torch' is
@@ -27,9 +28,9 @@ def conv(features: int, kernel_size: int, strides: int = 1, name: str | None = N
 
   Maps (B, H, W, C) to (B, ceil(H / strides), ceil(W / strides), features) for odd kernels.
   """
-  return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
-                 padding=kernel_size // 2, use_bias=False, kernel_init=kernel_init, name=name,
-                 dtype=dtype)
+  return Conv(features, (kernel_size, kernel_size), strides=strides,
+              padding=kernel_size // 2, use_bias=False, kernel_init=kernel_init, name=name,
+              dtype=dtype)
 
 
 class Bottleneck(nn.Module):
