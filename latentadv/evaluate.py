@@ -28,12 +28,13 @@ config.method.eps, read in that norm; the periodic and final evaluations during 
 Every process holds all examples and runs the same host loop (the same examples in the same
 batches, in the same order), so results are identical on every process; each global batch
 is sharded over the mesh, padded and masked. Global batches have one of the sizes
-batch_size / 2^k (k = 0..3, kept if a whole multiple of the device count): the examples of a
-run fill full batches, and the rest is padded to a multiple of the smallest size and split into
-smaller sizes (at batch_size 128, 88 examples run as 64 + 32 and 67 as 64 + 16), so the points
-a strong attack leaves still robust are attacked with at most smallest size - 1 padded points;
-each size compiles once per attack (at most 4 programs per attack; `batch_sizes` in the record
-lists those an evaluation ran). Different device counts give identical results when they
+batch_size / 2^k (k = 0..5, kept if a whole multiple of the device count and at least 8): the
+examples of a run fill full batches, and the rest is padded to a multiple of the smallest size
+and split into smaller sizes (at batch_size 256, 88 examples run as 64 + 16 + 8, 67 as 64 + 8),
+so the points a strong attack leaves still robust are attacked with at most smallest size - 1
+padded points; each size compiles once per attack (at most 6 programs per attack; the loops
+are rolled, so each compiles in seconds; `batch_sizes` in the record lists those an
+evaluation ran). Different device counts give identical results when they
 keep the same sizes (e.g. batch_size 256 on 1 to 32 devices).
 
 Compilation: each program is compiled ahead of time on first use (`jit(...).lower().compile()`)
@@ -84,6 +85,11 @@ from latentadv.attacks import pgd
 from latentadv.attacks import square
 from latentadv.data import readers
 from latentadv.data import transforms
+
+# Global batch sizes: batch_size / 2^k, k = 0.._HALVINGS, none below _SMALLEST_BATCH but
+# batch_size itself (smaller batches waste more per point than padding costs).
+_HALVINGS = 5
+_SMALLEST_BATCH = 8
 
 # fooled(logits_fn, x (B, H, W, C), y (B,), rng, run) -> (B,) bool, or (fooled (B,) bool,
 # norm (B,)) for an attack with a norm_key; run is a traced int32.
@@ -192,8 +198,10 @@ class Evaluator:
     self._mesh = mesh
     self._batch_size = batch_size
     parallel.check_batch_size(batch_size, 'config.eval.batch_size', mesh)
-    self._padded_sizes = [batch_size >> k for k in range(4) if batch_size % (1 << k) == 0
-                          and (batch_size >> k) % mesh.devices.size == 0]
+    self._padded_sizes = [batch_size >> k for k in range(_HALVINGS + 1)
+                          if batch_size % (1 << k) == 0
+                          and (batch_size >> k) % mesh.devices.size == 0
+                          and (k == 0 or batch_size >> k >= _SMALLEST_BATCH)]
     replicated = parallel.replicated(mesh)
     surrogate_apply_fn = surrogate_apply_fn or apply_fn
 
@@ -230,7 +238,7 @@ class Evaluator:
   def _chunks(self, n: int) -> list[tuple[int, int]]:
     """(start, padded size) of each global batch that covers n examples: full batches, then
     the rest padded to a multiple of the smallest padded size and split into distinct padded
-    sizes, largest first (e.g. at batch size 128: 88 -> 64 + 32, 67 -> 64 + 16)."""
+    sizes, largest first (e.g. at batch size 256: 88 -> 64 + 16 + 8, 67 -> 64 + 8)."""
     chunks = [(start, self._batch_size) for start in range(0, n - n % self._batch_size,
                                                           self._batch_size)]
     smallest = self._padded_sizes[-1]
