@@ -346,6 +346,7 @@ def description(results: dict) -> str:
   runs = ('seconds of a second run loading every program'
           if results['autoattack']['ours']['our_runs'] == 2 else
           'seconds of one run (--our_runs=1) loading the programs it found')
+  cache = 'on' if results['autoattack']['ours']['persistent_cache'] else 'off'
   custom = ('' if reference['version'] == 'standard' else
             ' **Reduced settings** (AutoAttack version \'custom\', both sides alike): '
             + ', '.join(f'{key} {value}' for key, value in reference['settings'].items()) + '.')
@@ -354,7 +355,7 @@ def description(results: dict) -> str:
           f'({results["norm"]}); clean accuracy {100 * results["clean"]["ours"]:.2f} % (ours) / '
           f'{100 * results["clean"]["reference"]:.2f} % (exported torch model). Ours: JAX '
           f'{versions["jax"]} ({results["jax_devices"]} {results["jax_backend"]} device(s)), '
-          f'{runs} from the persistent compilation cache ({"on" if results["autoattack"]["ours"]["persistent_cache"] else "off"}); '
+          f'{runs} from the persistent compilation cache ({cache}); '
           f'references: torch '
           f'{versions["torch"]} ({results["torch_threads"]} thread(s)).{custom}')
 

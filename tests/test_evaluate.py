@@ -207,3 +207,28 @@ def test_records_compile_and_run_seconds_per_attack(mnist, mlp):
   assert first['compile_seconds'] > sum(a['compile_seconds'] for a in first['attacks'].values())
   assert first['compile_seconds'] + first['run_seconds'] == pytest.approx(first['seconds'])
   assert second['compile_seconds'] == 0
+
+
+@pytest.mark.parametrize('n,sizes', [(67, [8, 64]), (600, [8, 16, 64, 256]), (256, [256]),
+                                     (3, [8])])
+def test_a_run_is_split_into_full_batches_and_halved_sizes(n, sizes):
+  # batch_size 256: 67 points run as 64 + 8 (not padded to 128), 600 as 2 x 256 + 64 + 16 + 8.
+  seen = []
+
+  def never_fooled(logits_fn, x, y, rng, run):
+    del logits_fn, rng, run
+    seen.append(x.shape[0])
+    return jnp.zeros(y.shape, bool)
+
+  def always_class_zero(variables, x, train):
+    del variables, train
+    return jnp.zeros((x.shape[0], 10)).at[:, 0].set(1.0)
+
+  attack = evaluate.Attack('never', 1, never_fooled, {})
+  evaluator = evaluate.Evaluator(always_class_zero, parallel.make_mesh(jax.devices()[:1]),
+                                 [attack], eps=EPS, batch_size=256)
+  record, per_example = evaluator.evaluate({}, np.zeros((n, 4, 4, 1), np.float32),
+                                           np.zeros(n, np.int32), jax.random.key(0))
+  assert record['attacks']['never']['batch_sizes'] == sizes
+  assert sorted(set(seen)) == sizes
+  assert record['robust_accuracy'] == 1.0 and per_example['robust'].shape == (n,)
