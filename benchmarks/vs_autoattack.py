@@ -25,9 +25,9 @@ flags are the torch model's predictions on the clean points and on AutoAttack's 
 
 Timing: ours runs each suite twice (--our_runs=1: once, e.g. on 1,000 points after a 200-point
 comparison filled the cache; the one run is then reported as both) with the same key, each time
-with a new Evaluator after
-jax.clear_caches(). The first run compiles every program (once per attack and padded batch
-size) unless the persistent compilation cache (latentadv/compilation.py) holds it already:
+with a new Evaluator after jax.clear_caches(). The first run compiles every program (once per
+attack and padded batch size) unless the persistent compilation cache
+(latentadv/compilation.py) holds it already:
 run the benchmark with JAX_COMPILATION_CACHE_DIR set to an empty directory for a cold start.
 The second run is what a later invocation sees: every program loaded from the persistent
 cache. "seconds" is the second run's total (loading included), "run_seconds" the same without
@@ -165,8 +165,8 @@ def ours(suite: str, apply_fn, variables, config: ml_collections.ConfigDict,
   with the loading), first_run_seconds, compile_seconds (the first run's total and its
   compilation), robust_accuracy, clean_accuracy, per_attack {'first_run', 'cached_run':
   {attack: robust accuracy after it, settings, seconds, compile_seconds, run_seconds,
-  batch_sizes}}, our_runs, runs_identical (the two runs' robust flags are the same),
-  persistent_cache.
+  batch_sizes}}, our_runs, runs_identical (the two runs' robust flags are the same; None
+  with one run), persistent_cache.
   """
   rng = jax.random.key(config.seed + 2)  # as evaluate.evaluate_workdir
   runs = []
@@ -186,7 +186,8 @@ def ours(suite: str, apply_fn, variables, config: ml_collections.ConfigDict,
                            for name, attack in result['attacks'].items()}
                      for run, result in (('first_run', first), ('cached_run', record))},
       'our_runs': len(runs),
-      'runs_identical': bool(np.array_equal(first_examples['robust'], per_example['robust'])),
+      'runs_identical': (bool(np.array_equal(first_examples['robust'], per_example['robust']))
+                         if len(runs) == 2 else None),
       'persistent_cache': jax.config.jax_compilation_cache_dir is not None,
   }
   return summary, per_example
