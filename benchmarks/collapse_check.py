@@ -3,8 +3,8 @@
   python benchmarks/collapse_check.py benchmarks/results/cifar_suite.json
 
 For runs that predate the monitor (or ran without it): each run's `history` holds the periodic
-PGD accuracy on test images after every epoch; `overfitting.track` with the default `co_drop`
-and `co_relative_drop` of configs/default.py says which epochs it would flag as collapses and
+PGD accuracy on test images after every epoch; `collapse_monitor.track` with the default `collapse_drop`
+and `collapse_relative_drop` of latentadv/base_config.py says which epochs it would flag as collapses and
 which epoch it would keep. A proxy: the monitor itself attacks training examples. Prints a
 markdown table, one row per run.
 """
@@ -16,8 +16,8 @@ import sys
 from absl import app
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import overfitting  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import collapse_monitor  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check(history: list[dict], drop: float, relative_drop: float) -> dict:
@@ -25,7 +25,7 @@ def check(history: list[dict], drop: float, relative_drop: float) -> dict:
   'pgd_accuracy' under the monitor's criterion."""
   record = {'best': None, 'collapsed': False, 'collapses': []}
   for entry in history:
-    overfitting.track(record, entry['epoch'], entry['step'], entry['pgd_accuracy'], drop,
+    collapse_monitor.track(record, entry['epoch'], entry['step'], entry['pgd_accuracy'], drop,
                       relative_drop)
   return {'collapse_epochs': [collapse['epoch'] for collapse in record['collapses']],
           'best_epoch': record['best']['epoch'], 'best': record['best']['pgd_accuracy'],
@@ -35,7 +35,7 @@ def check(history: list[dict], drop: float, relative_drop: float) -> dict:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('Usage: collapse_check.py SUITE.json')
-  train_config = default.get_config().train
+  train_config = base_config.get_config().train
   with open(argv[1]) as f:
     runs = json.load(f)['runs']
   print('| run | flagged epochs | best epoch: PGD | last epoch: PGD |')
@@ -43,7 +43,7 @@ def main(argv):
   for run in runs:
     if not run['history'] or 'pgd_accuracy' not in run['history'][0]:
       continue
-    result = check(run['history'], train_config.co_drop, train_config.co_relative_drop)
+    result = check(run['history'], train_config.collapse_drop, train_config.collapse_relative_drop)
     flagged = ', '.join(map(str, result['collapse_epochs'])) or 'none'
     print(f'| {os.path.basename(run["workdir"])} | {flagged} | {result["best_epoch"]}: '
           f'{100 * result["best"]:.1f} % | {len(run["history"])}: {100 * result["last"]:.1f} % |')

@@ -26,11 +26,11 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.attacks import pgd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.data import readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -47,9 +47,9 @@ flags.DEFINE_string('output', '', 'Write the record as JSON here.')
 def _logits_fn(workdir: str, config: ml_collections.ConfigDict):
   """Jittable logits (B, 10) of the workdir's model, or of a fresh MNIST CNN."""
   if workdir:
-    model, variables = state_lib.restore_variables(workdir, config)
+    model, variables = train_state.restore_variables(workdir, config)
   else:
-    model = state_lib.build_model(config)
+    model = train_state.build_model(config)
     variables = models.init_variables(model, jax.random.key(0), (1, 28, 28, 1))
   return functools.partial(model.apply, variables, train=False)
 
@@ -57,7 +57,7 @@ def _logits_fn(workdir: str, config: ml_collections.ConfigDict):
 def main(argv):
   del argv
   compilation.enable_cache()
-  config = default.get_config()
+  config = base_config.get_config()
   if FLAGS.workdir:
     config = evaluate.workdir_config(FLAGS.workdir, config, {})
   else:

@@ -21,7 +21,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default
+from latentadv import base_config
 from latentadv import compilation
 from latentadv import models
 from latentadv.data import datasets
@@ -50,10 +50,10 @@ def tapped_features(width: int, init: str, seed: int, images: np.ndarray
 def main(argv):
   del argv
   compilation.enable_cache()
-  config = default.get_config().data
+  config = base_config.get_config().data
   config.source, config.dir = 'local', FLAGS.data_dir
   images = readers.load_split(config, 'test')[0][:FLAGS.n_examples]
-  eps_h = slat.latent_radius(default.get_config().method)
+  eps_h = slat.latent_radius(base_config.get_config().method)
   rows = []
   for init in ('torch', 'he'):
     for width in map(int, FLAGS.widths):

@@ -27,10 +27,10 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from latentadv import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.data import readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv.methods import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -90,10 +90,10 @@ def main(argv):
   del argv
   compilation.enable_cache()
   data_overrides = {'data.source': 'local', 'data.dir': FLAGS.data_dir} if FLAGS.data_dir else {}
-  config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), data_overrides)
+  config = evaluate.workdir_config(FLAGS.workdir, base_config.get_config(), data_overrides)
   if config.method.name not in ('slat', 'slat_ga'):
     raise app.UsageError(f'{FLAGS.workdir} was trained with {config.method.name}, not SLAT.')
-  model, variables = state_lib.restore_variables(FLAGS.workdir, config)
+  model, variables = train_state.restore_variables(FLAGS.workdir, config)
   images, labels = readers.load_split(config.data, 'test')
   images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]
   classes = datasets.DATASETS[config.data.name].num_classes

@@ -28,7 +28,7 @@ from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-i
 from latentadv import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel
 from latentadv import seeds
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv.data import datasets
 
@@ -77,13 +77,13 @@ def compiled_step(config, mesh, images, labels):
   every model on the same batch."""
   method = config.method.name
   seed_axis = seeds.SeedAxis(config, mesh)
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 1000)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 1000)
+  tx = train_state.make_optimizer(config.optim, schedule)
   shape = images.shape[1:]
-  carry = state_lib.init_carry(config, shape)
+  carry = train_state.init_carry(config, shape)
   state = jax.device_put(
-      seed_axis.stack([state_lib.init_state(model, tx, jax.random.key(seed), shape, carry)
+      seed_axis.stack([train_state.init_state(model, tx, jax.random.key(seed), shape, carry)
                        for seed in seed_axis.seeds]), seed_axis.state_sharding())
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS[method].loss, tx, schedule, config),

@@ -147,7 +147,7 @@ def _load(workdir: str, seed_index: int | None = None) -> dict:
       'pgd_examples': results['final']['n_examples'],
       'pgd_attack': 'PGD-{steps}-{restarts}'.format(**results['final']['attacks']['pgd']),
       # None: trained without the collapse monitor.
-      'collapsed': (bool(results['co_monitor']['collapses']) if 'co_monitor' in results
+      'collapsed': (bool(results['collapse_monitor']['collapses']) if 'collapse_monitor' in results
                     else None),
       'kept_state': kept['state'], 'kept_epoch': kept.get('epoch'),
       'kept_clean': kept['final']['clean_accuracy'], 'kept_pgd': kept['final']['pgd_accuracy'],

@@ -86,12 +86,12 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default
+from latentadv import base_config
 from latentadv import compilation
 from latentadv import evaluate
 from latentadv import export
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv.attacks import SUITES
 from latentadv.data import readers
 
@@ -110,7 +110,7 @@ flags.DEFINE_integer('our_runs', 2, 'Runs of our suites: 2 (a first run, then on
 flags.DEFINE_string('output', None, 'Where to write the JSON results (the .md and .npz beside).')
 flags.mark_flag_as_required('workdir')
 config_flags.DEFINE_config_dict(
-    'config', default.get_config(),
+    'config', base_config.get_config(),
     'Overrides of the saved config, e.g. --config.eval.apgd_steps=10 --config.eval.batch_size=250.')
 
 # AutoAttack's standard version (autoattack.py, set_version('standard')) in config.eval's terms.
@@ -368,7 +368,7 @@ def main(argv):
   overrides = config_flags.get_override_values(FLAGS['config'])
   if FLAGS.data_dir:
     overrides.update({'data.source': 'local', 'data.dir': FLAGS.data_dir})
-  config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), overrides)
+  config = evaluate.workdir_config(FLAGS.workdir, base_config.get_config(), overrides)
   check_comparable(config)
   try:
     export.check_exportable(config)
@@ -377,7 +377,7 @@ def main(argv):
   torch_threads = FLAGS.torch_threads or os.cpu_count()
   torch.set_num_threads(torch_threads)
   torch.manual_seed(REFERENCE_SEED)  # foolbox's random starts
-  model, variables = state_lib.restore_variables(FLAGS.workdir, config)
+  model, variables = train_state.restore_variables(FLAGS.workdir, config)
   module = export.to_torch(config, variables)
   images, labels = readers.load_split(config.data, 'test', 0, 1)
   images, labels = images[:FLAGS.n_examples], labels[:FLAGS.n_examples]

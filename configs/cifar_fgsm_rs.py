@@ -1,10 +1,10 @@
 """FGSM-RS on CIFAR-10, PreActResNet-18, eps 8/255, 30 epochs, cyclic LR peak 0.2, batch 128."""
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.get_config()
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.get_config()
   config.method.name = 'fgsm_rs'
-  return default.apply_preset(default.monitor_collapse(config), preset)
+  return base_config.apply_preset(base_config.monitor_collapse(config), preset)

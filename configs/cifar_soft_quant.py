@@ -5,12 +5,12 @@ The paper is about MNIST; these values carry its idea to CIFAR-10. Evaluate with
 (`--config.eval.suite=bpda` or `autoattack`): the quantiser masks plain gradients.
 """
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.get_config()
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.get_config()
   config.method.name = 'soft_quant'
   # 8 thresholds, 9 values per channel (about 3 bits, which keeps CIFAR-10 images
   # recognisable): a pixel on a level is 1/16 (about 2 eps) from the nearest threshold, so an
@@ -21,4 +21,4 @@ def get_config(preset: str = ''):
   # Noise of twice the attack radius, as large as half the grid spacing.
   config.method.soft_quant.noise = 'gaussian'
   config.method.soft_quant.sigma = 16 / 255
-  return default.apply_preset(config, preset)
+  return base_config.apply_preset(config, preset)

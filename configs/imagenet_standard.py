@@ -1,13 +1,13 @@
-"""Standard (non-adversarial) training on ImageNet, ResNet-50, eps 4/255 (Wong et al. 2020's recipe, configs/default.py).
+"""Standard (non-adversarial) training on ImageNet, ResNet-50, eps 4/255 (Wong et al. 2020's recipe, latentadv/base_config.py).
 
 Presets: '' (eps 4/255), 'eps2' (2/255), 'smoke' (a tiny model, for checking a set-up).
 """
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
   """Returns the config; `preset` is '', 'eps2' or 'smoke'."""
-  config = default.imagenet(default.get_config(), eps=2 / 255 if preset == 'eps2' else 4 / 255)
+  config = base_config.imagenet(base_config.get_config(), eps=2 / 255 if preset == 'eps2' else 4 / 255)
   config.method.name = 'standard'
-  return default.apply_preset(config, '' if preset == 'eps2' else preset)
+  return base_config.apply_preset(config, '' if preset == 'eps2' else preset)

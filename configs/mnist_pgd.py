@@ -5,15 +5,15 @@ The cyclic 5e-3 recipe of the single-step configs does not suit PGD-AT: on this 
 at chance (loss 2.30) for at least 3 epochs.
 """
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.mnist(default.get_config())
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.mnist(base_config.get_config())
   config.method.name = 'pgd'
   config.optim.schedule = 'constant'
   config.optim.learning_rate = 1e-4
   config.optim.batch_size = 50
   config.optim.epochs = 100
-  return default.apply_preset(config, preset)
+  return base_config.apply_preset(config, preset)

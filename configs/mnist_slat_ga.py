@@ -1,10 +1,10 @@
 """SLAT-GA on MNIST, the CNN of Wong et al., eps 0.3, Adam, cyclic LR peak 5e-3, 10 epochs, batch 100."""
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.mnist(default.get_config())
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.mnist(base_config.get_config())
   config.method.name = 'slat_ga'
-  return default.apply_preset(default.monitor_collapse(config), preset)
+  return base_config.apply_preset(base_config.monitor_collapse(config), preset)

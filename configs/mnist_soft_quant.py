@@ -5,12 +5,12 @@ Evaluate it with BPDA (`--config.eval.suite=bpda` or `autoattack`): the quantise
 plain gradients.
 """
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.mnist(default.get_config())
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.mnist(base_config.get_config())
   config.method.name = 'soft_quant'
   # One threshold (at 0.5): MNIST pixels sit near 0 or 1, and only a grid spacing 1/K with
   # 0.5 / K > eps = 0.3 keeps such pixels on their level under the attack, i.e. K = 1.
@@ -21,4 +21,4 @@ def get_config(preset: str = ''):
   # model sees the flipped pixels an attack can cause.
   config.method.soft_quant.noise = 'gaussian'
   config.method.soft_quant.sigma = 0.3
-  return default.apply_preset(config, preset)
+  return base_config.apply_preset(config, preset)

@@ -1,13 +1,13 @@
 """TRADES on MNIST, the CNN of Wong et al., eps 0.3, 40 KL steps of 0.01, Adam, cyclic LR peak 5e-3, 10 epochs, batch 100."""
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.mnist(default.get_config())
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.mnist(base_config.get_config())
   config.method.name = 'trades'
   config.method.attack_bn = 'eval'  # as the authors' code: the KL attack runs model.eval()
   config.method.trades.steps = 40
   config.method.trades.step_size = 0.01
-  return default.apply_preset(config, preset)
+  return base_config.apply_preset(config, preset)

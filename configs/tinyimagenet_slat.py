@@ -1,10 +1,10 @@
 """SLAT on Tiny-ImageNet, PreActResNet-18, eps 8/255, 30 epochs, cyclic LR peak 0.2, batch 64."""
 
-from configs import default
+from latentadv import base_config
 
 
 def get_config(preset: str = ''):
-  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see configs/default.py)."""
-  config = default.tiny_imagenet(default.get_config())
+  """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
+  config = base_config.tiny_imagenet(base_config.get_config())
   config.method.name = 'slat'
-  return default.apply_preset(config, preset)
+  return base_config.apply_preset(config, preset)

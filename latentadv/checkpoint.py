@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/overfitting.py)
+BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/collapse_monitor.py)
 STATES = ('kept', 'last')
 
 

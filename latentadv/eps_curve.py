@@ -27,7 +27,7 @@ from latentadv import compilation
 from latentadv import evaluate
 from latentadv import models
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv.attacks import norms
 from latentadv.data import readers
 
@@ -42,7 +42,7 @@ def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
 
   Evaluates the first config.eval.n_examples test examples (0 = all).
   """
-  model, variables = state_lib.restore_variables(workdir, config, seed_index=seed_index)
+  model, variables = train_state.restore_variables(workdir, config, seed_index=seed_index)
   seed = config.seed + (seed_index or 0)
   images, labels = readers.load_split(config.data, 'test', 0, 1)
   n = config.eval.n_examples or len(labels)
@@ -91,7 +91,7 @@ def _main(argv):
   eps_values = [float(e) for e in FLAGS.eps]
   overrides = config_flags.get_override_values(FLAGS['config'])
   overrides['eval.n_examples'] = FLAGS.n_examples
-  configs = {workdir: evaluate.workdir_config(workdir, default.get_config(), overrides)
+  configs = {workdir: evaluate.workdir_config(workdir, base_config.get_config(), overrides)
              for workdir in FLAGS.workdirs}
   norm, *others = sorted({config.eval.norm for config in configs.values()})
   if others:
@@ -114,7 +114,7 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from latentadv import base_config  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_list('workdirs', None, 'Training runs (directories with config.json).')
   flags.DEFINE_list('eps', None, 'Radii in pixel units in config.eval.norm, e.g. 0.1,0.2,0.3.')
@@ -122,6 +122,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('n_examples', 1000, 'First n test examples (0 = all).')
   flags.DEFINE_string('output', 'eps_curve.png', 'PNG path; the JSON goes next to it.')
   flags.mark_flags_as_required(['workdirs', 'eps'])
-  config_flags.DEFINE_config_dict('config', default.get_config(),
+  config_flags.DEFINE_config_dict('config', base_config.get_config(),
                                   'Overrides of the saved configs, e.g. --config.eval.pgd_steps=20.')
   app.run(_main)

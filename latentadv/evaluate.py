@@ -74,7 +74,7 @@ from latentadv import compilation
 from latentadv import models
 from latentadv import parallel
 from latentadv import seeds
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import validation
 from latentadv.attacks import SUITES
 from latentadv.attacks import apgd
@@ -374,7 +374,7 @@ def load_model(workdir: str, state: str = 'kept', seed_index: int | None = None)
 
   x: (B, H, W, C) float32 in [0, 1] (the model normalises internally); logits: (B, classes).
   """
-  model, variables = state_lib.restore_variables(workdir, load_config(workdir), state,
+  model, variables = train_state.restore_variables(workdir, load_config(workdir), state,
                                                  seed_index)
   return functools.partial(model.apply, variables, train=False)
 
@@ -397,7 +397,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
                     norms.LABELS[config.eval.norm], norms.LABELS[config.method.norm],
                     config.method.eps, norms.LABELS[config.eval.norm])
   name = f'eval_{config.eval.suite}' + ('_last' if state == 'last' else '')
-  model = state_lib.build_model(config)
+  model = train_state.build_model(config)
   attacks = suite_attacks(config.eval.suite, config.eval, config.method.eps,
                           has_quantiser=models.has_quantiser(model))
   # One evaluator for every seed: each program compiles once.
@@ -406,7 +406,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict,
                         surrogate_apply_fn=models.straight_through(model).apply)
   test_split = readers.eval_split(config.data, 'test', config.eval.n_examples)
   if config.num_seeds == 1 or seed_index is not None:
-    state_lib.check_seed_index(config, seed_index)
+    train_state.check_seed_index(config, seed_index)
     return _evaluate_seed(workdir, config, state, seed_index, name, evaluator, test_split)
   records = [_evaluate_seed(workdir, config, state, k, name, evaluator, test_split)
              for k in range(config.num_seeds)]
@@ -427,7 +427,7 @@ def _evaluate_seed(workdir: str, config: ml_collections.ConfigDict, state: str,
   """evaluate_workdir of one model (seed index `seed_index`, None for a single-seed run) with
   `evaluator` on test_split (images (N, H, W, C), labels (N,)), written to <name>.json/.npz
   (<name>_seed<k>.* for seed index k)."""
-  _, variables = state_lib.restore_variables(workdir, config, state, seed_index)
+  _, variables = train_state.restore_variables(workdir, config, state, seed_index)
   images, labels = test_split
   suite = config.eval.suite
   seed = config.seed + (seed_index or 0)
@@ -484,20 +484,20 @@ def workdir_config(workdir: str, base: ml_collections.ConfigDict,
 def _main(argv):
   del argv
   compilation.enable_cache()
-  config = workdir_config(FLAGS.workdir, default.get_config(),
+  config = workdir_config(FLAGS.workdir, base_config.get_config(),
                           config_flags.get_override_values(FLAGS['config']))
   result = evaluate_workdir(FLAGS.workdir, config, FLAGS.state, FLAGS.seed_index)
   logging.info('%s', json.dumps(result, indent=2))
 
 
 if __name__ == '__main__':
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from latentadv import base_config  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.DEFINE_enum('state', 'kept', checkpoint.STATES, checkpoint.STATE_HELP)
   flags.DEFINE_integer('seed_index', None, seeds.SEED_INDEX_HELP + ' Default: every seed.')
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_dict(
-      'config', default.get_config(),
+      'config', base_config.get_config(),
       'Overrides of the saved config, e.g. --config.eval.suite=autoattack.')
   app.run(_main)

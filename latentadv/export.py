@@ -35,7 +35,7 @@ from latentadv import checkpoint
 from latentadv import compilation
 from latentadv import evaluate
 from latentadv import seeds
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import torch_models
 from latentadv.data import datasets
 
@@ -184,7 +184,7 @@ def export_workdir(workdir: str, config: ml_collections.ConfigDict,
   checkpoint, checkpoint.CheckpointError for checkpoints that do not match `config`.
   """
   check_exportable(config)  # before the checkpoint is read
-  _, variables = state_lib.restore_variables(workdir, config, state, seed_index)
+  _, variables = train_state.restore_variables(workdir, config, state, seed_index)
   module = to_torch(config, variables)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   torch.save(module, output)
@@ -199,7 +199,7 @@ def _main(argv):
   logging.set_verbosity(logging.WARNING)  # No per-restore INFO lines of orbax.
   output = FLAGS.output or os.path.join(FLAGS.workdir, 'model.pt')
   try:
-    config = evaluate.workdir_config(FLAGS.workdir, default.get_config(), {})
+    config = evaluate.workdir_config(FLAGS.workdir, base_config.get_config(), {})
     module = export_workdir(FLAGS.workdir, config, output, FLAGS.state, FLAGS.seed_index)
   except (ExportError, FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
@@ -210,7 +210,7 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from latentadv import base_config  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   flags.DEFINE_string('workdir', None, 'Directory of a training run (with config.json).')
   flags.DEFINE_enum('format', 'torch', FORMATS, 'Export format.')

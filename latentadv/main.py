@@ -54,7 +54,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     suggestion = re.search(r'Did you mean "(\w+)"', str(error))
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
     sys.exit(f'ConfigError: {flag} names no config key: there is no {key!r}{hint}. Fix: '
-             'spell it as in configs/default.py, which lists every key.')
+             'spell it as in latentadv/base_config.py, which lists every key.')
 
 
 def _hide_accelerators_from_tensorflow():

@@ -152,7 +152,7 @@ class SeedAxis:
 
 def seed_records(progress: dict, num_seeds: int) -> list[dict]:
   """The per-seed part of a run's checkpointed progress record: K dicts, each holding one
-  seed's 'history' (and its 'co_monitor' record once the monitor ran). For K = 1 it is the
+  seed's 'history' (and its 'collapse_monitor' record once the monitor ran). For K = 1 it is the
   progress record itself (a single run's format); for K > 1 `progress['seeds']`."""
   if num_seeds == 1:
     progress.setdefault('history', [])
@@ -171,7 +171,7 @@ def summary(seed_results: Sequence[dict]) -> dict:
   """results.json's `summary` of K seed records (each with 'final' and 'kept_state'): mean and
   std over seeds of the last and the kept state's clean and PGD accuracy, and how many seeds
   the collapse monitor saw collapse (None where it was off)."""
-  monitored = all('co_monitor' in result for result in seed_results)
+  monitored = all('collapse_monitor' in result for result in seed_results)
   collapsed = sum(result['kept_state']['collapsed'] for result in seed_results)
   return {
       'num_seeds': len(seed_results),

@@ -19,10 +19,10 @@ from latentadv import checkpoint
 from latentadv import evaluate
 from latentadv import metric_log
 from latentadv import methods
-from latentadv import overfitting
+from latentadv import collapse_monitor
 from latentadv import parallel
 from latentadv import seeds
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import validation
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -37,13 +37,13 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   uint8 images are converted to float on the device. The method's noise
   is drawn from fold_in(rng, step), the augmentation from fold_in(rng, step // replays) (one
   augmentation per minibatch, see `minibatch_replays`): both depend only on (seed, step).
-  A method with a carry (state_lib.init_carry) gets its entries in the batch; one backward
+  A method with a carry (train_state.init_carry) gets its entries in the batch; one backward
   pass gives the gradients w.r.t. params and carry, and the method updates its carry.
   """
   update_carry = getattr(methods.METHODS[config.method.name], 'update_carry', None)
   replays = minibatch_replays(config)
 
-  def train_step(state: state_lib.TrainState, batch, rng):
+  def train_step(state: train_state.TrainState, batch, rng):
     aug_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step // replays))
     _, method_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     images = transforms.augment(aug_rng, transforms.to_unit_interval(batch['image']),
@@ -61,7 +61,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
     if update_carry is not None:
       carry = update_carry(state.carry, carry_grads, config.method)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state_lib.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+    new_state = train_state.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            model_state=model_state, opt_state=opt_state, carry=carry)
     metrics = {**metrics, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state.step)}
@@ -77,7 +77,7 @@ def minibatch_replays(config: ml_collections.ConfigDict) -> int:
   return config.method[config.method.name].get('replays', 1)
 
 
-def jit_train_step(train_step, state: state_lib.TrainState, mesh,
+def jit_train_step(train_step, state: train_state.TrainState, mesh,
                    seed_axis: seeds.SeedAxis | None = None):
   """jax.jit of train_step with replicated state (donated) and a data-sharded batch; with a
   stacked `seed_axis` (K > 1 seeds), of train_step mapped over the leading seed axis of
@@ -161,14 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = train_data.steps_per_epoch
   total_steps = config.optim.epochs * steps_per_epoch
 
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, total_steps)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, total_steps)
+  tx = train_state.make_optimizer(config.optim, schedule)
   image_shape = datasets.DATASETS[config.data.name].image_shape
-  carry = state_lib.init_carry(config, image_shape)
+  carry = train_state.init_carry(config, image_shape)
   rngs, init_rngs = zip(*(jax.random.split(jax.random.key(seed)) for seed in seed_axis.seeds))
   state = jax.device_put(
-      seed_axis.stack([state_lib.init_state(model, tx, init_rng, image_shape, carry)
+      seed_axis.stack([train_state.init_state(model, tx, init_rng, image_shape, carry)
                        for init_rng in init_rngs]), seed_axis.state_sharding())
   rng = seed_axis.stack(rngs)  # placed by the jitted step's in_shardings
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
@@ -192,8 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                             steps=config.eval.periodic_pgd_steps,
                                             restarts=config.eval.periodic_pgd_restarts)
   periodic_eval = _PeriodicEval(config, periodic_evaluator, test_images, test_labels)
-  monitor_images, monitor_labels = train_data.first_examples(config.train.co_monitor_examples)
-  monitors = [overfitting.CollapseMonitor(
+  monitor_images, monitor_labels = train_data.first_examples(config.train.collapse_monitor_examples)
+  monitors = [collapse_monitor.CollapseMonitor(
       config, periodic_evaluator, monitor_images, monitor_labels, workdir, per_seed[k],
       seed=seed, best_subdir=checkpoint.best_subdir(k if seed_axis.stacked else None))
               for k, seed in enumerate(seed_axis.seeds)]
@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info('Epoch %d/%d%s: %s', epoch, config.optim.epochs,
                      f' (seed {seed})' if seed_axis.stacked else '',
                      {name: round(v, 4) for name, v in record.items() if isinstance(v, float)})
-      if not seed_axis.stacked:  # train.co_stop may have restored the best state
+      if not seed_axis.stacked:  # train.collapse_stop may have restored the best state
         state = kept_states[0]
       segment_start = time.perf_counter()
     stopped = any(monitor.stopped for monitor in monitors)
@@ -312,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _current_step(state: state_lib.TrainState) -> int:
+def _current_step(state: train_state.TrainState) -> int:
   """The train step of `state` (every seed's is the same), read from this process's data."""
   return int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
 

@@ -35,8 +35,8 @@ def validate(config: ml_collections.ConfigDict):
            config.num_seeds, 'an integer >= 1 (models trained side by side in one program)')
   _one_of(config, 'seed_sharding', parallel.SEED_SHARDINGS)
   _one_of(config, 'seed_loop', parallel.SEED_LOOPS)
-  _require(not (config.train.co_stop and config.num_seeds > 1), 'train.co_stop',
-           config.train.co_stop, 'False when config.num_seeds > 1 (the seeds of one program '
+  _require(not (config.train.collapse_stop and config.num_seeds > 1), 'train.collapse_stop',
+           config.train.collapse_stop, 'False when config.num_seeds > 1 (the seeds of one program '
            'train in step; each seed keeps its best state instead)')
   _one_of(config, 'data.name', datasets.DATASETS)
   _one_of(config, 'data.source', ('tfds', 'local'))
@@ -139,21 +139,21 @@ _MIN_MONITOR_EXAMPLES = 100
 
 def _validate_collapse_monitor(train: ml_collections.ConfigDict,
                                data_config: ml_collections.ConfigDict):
-  """The catastrophic-overfitting monitor's keys (latentadv/overfitting.py)."""
-  examples = train.co_monitor_examples
+  """The catastrophic-overfitting monitor's keys (latentadv/collapse_monitor.py)."""
+  examples = train.collapse_monitor_examples
   _require(isinstance(examples, int) and (examples == 0 or examples >= _MIN_MONITOR_EXAMPLES),
-           'train.co_monitor_examples', examples,
+           'train.collapse_monitor_examples', examples,
            f'0 (monitor off) or at least {_MIN_MONITOR_EXAMPLES}: on fewer examples one example '
            'moves the accuracy by 1 % or more and noise reads as collapse')
   training_examples = (data_config.num_train_examples
                        or datasets.DATASETS[data_config.name].train_size)
-  _require(examples <= training_examples, 'train.co_monitor_examples', examples,
+  _require(examples <= training_examples, 'train.collapse_monitor_examples', examples,
            f'at most the {training_examples} training examples it is taken from: lower it or '
            'raise config.data.num_train_examples')
-  _require(0 < train.co_drop <= 1, 'train.co_drop', train.co_drop,
+  _require(0 < train.collapse_drop <= 1, 'train.collapse_drop', train.collapse_drop,
            'an accuracy drop in (0, 1]')
-  _require(0 <= train.co_relative_drop <= 1, 'train.co_relative_drop', train.co_relative_drop,
+  _require(0 <= train.collapse_relative_drop <= 1, 'train.collapse_relative_drop', train.collapse_relative_drop,
            'a fraction of the best accuracy in [0, 1]')
-  _require(not train.co_stop or examples > 0, 'train.co_stop', train.co_stop,
-           'False while train.co_monitor_examples is 0, or set train.co_monitor_examples > 0 '
+  _require(not train.collapse_stop or examples > 0, 'train.collapse_stop', train.collapse_stop,
+           'False while train.collapse_monitor_examples is 0, or set train.collapse_monitor_examples > 0 '
            '(e.g. 512) to monitor')

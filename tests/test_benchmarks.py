@@ -14,7 +14,7 @@ from benchmarks import mnist_suite
 from benchmarks import plots
 from benchmarks import slat_diagnostics
 from benchmarks import suite
-from configs import default
+from latentadv import base_config
 from latentadv import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
           'final': dict(final, clean_accuracy=0.5, pgd_accuracy=0.25)}
   (trained / 'results.json').write_text(json.dumps(
       {'method': 'slat', 'eps': 0.1, 'train_seconds': 24.0, 'final': final,
-       'kept_state': kept, 'co_monitor': {'collapses': [{'epoch': 4}]}, 'history': []}))
+       'kept_state': kept, 'collapse_monitor': {'collapses': [{'epoch': 4}]}, 'history': []}))
   output = tmp_path / 'table'
   with flagsaver.flagsaver():
     suite.FLAGS(['mnist_suite', '--methods=standard,slat,fgsm', '--seeds=0', '--eps=0.1',
@@ -124,7 +124,7 @@ def test_a_k_seed_program_is_tabulated_per_seed_and_skips_collapsed_seeds_if_ask
       records.append({'seed': seed + k, 'final': final, 'history': [],
                       'kept_state': {'state': 'best' if collapsed else 'last', 'epoch': 1,
                                      'final': dict(final, pgd_accuracy=0.25)},
-                      'co_monitor': {'collapses': [{'epoch': 2}] if collapsed else []}})
+                      'collapse_monitor': {'collapses': [{'epoch': 2}] if collapsed else []}})
       if not collapsed:
         with open(os.path.join(workdir, f'eval_autoattack_seed{k}.json'), 'w') as f:
           json.dump({'clean_accuracy': 0.5, 'robust_accuracy': pgd - 0.1, 'n_examples': 10,
@@ -199,7 +199,7 @@ def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_o
 def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
   model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
   variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
-  config = default.mnist(default.get_config())
+  config = base_config.mnist(base_config.get_config())
   images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
   labels = model.apply(variables, images).argmax(-1)  # every clean image is "correct"
   config.method.eps, config.method.slat.eps_h = 0.0, 0.0
@@ -218,7 +218,7 @@ def test_slat_diagnostics_latent_scale_follows_the_run_s_radius_scale():
   images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
   stds = {name: float(std) for name, std in
           slat_diagnostics.mean_channel_std(model, variables, images).items()}
-  config = default.mnist(default.get_config())
+  config = base_config.mnist(base_config.get_config())
   config.method.eps = 0.3
   assert set(config.method.slat.taps) <= set(stds)
   assert all(std > 0 for std in stds.values())

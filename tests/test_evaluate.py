@@ -11,7 +11,7 @@ import pytest
 
 from conftest import MLP
 from conftest import train_classifier
-from configs import default
+from latentadv import base_config
 from latentadv import evaluate
 from latentadv import parallel
 from latentadv.data import readers
@@ -38,7 +38,7 @@ def mlp(mnist):
 
 
 def _eval_config(**changes):
-  config = ml_collections.ConfigDict(default.get_config('smoke').eval.to_dict())
+  config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
   config.update({**dict(pgd_steps=10, pgd_restarts=2, apgd_steps=10, apgd_targets=3,
                        square_queries=100), **changes})
   return config

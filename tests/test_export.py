@@ -11,7 +11,7 @@ import torch
 
 from conftest import DATA_ROOT
 from conftest import REPO_ROOT
-from configs import default
+from latentadv import base_config
 from latentadv import checkpoint
 from latentadv import evaluate
 from latentadv import export
@@ -37,9 +37,9 @@ REFERENCE_KEYS = {
 def _tiny_config(model: str):
   """The smoke preset of `model` (PreActResNet-18 width 8, WRN-10-1 with dropout 0.3), cut to
   2 steps of standard training and a tiny final evaluation."""
-  config = default.get_config('smoke')
+  config = base_config.get_config('smoke')
   if model == 'mnist_cnn':
-    config = default.apply_preset(default.mnist(config), 'smoke')
+    config = base_config.apply_preset(base_config.mnist(config), 'smoke')
   config.model.name = model
   config.method.name = 'standard'
   config.data.source = 'local'

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import pgd_minimal_eps, random_hyperplane_problems
-from configs import default
+from latentadv import base_config
 from latentadv import evaluate
 from latentadv import parallel
 from latentadv.attacks import SUITES
@@ -125,7 +125,7 @@ def test_minimal_norm_matches_a_pgd_bisection(mnist, fab_t):
 def test_evaluator_counts_only_points_fooled_within_eps(mnist):
   model, variables, _, x, y = mnist
   assert SUITES['autoattack'] == ('apgd-ce', 'apgd-t', 'fab-t', 'square')
-  eval_config = ml_collections.ConfigDict(default.get_config('smoke').eval.to_dict())
+  eval_config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
   eval_config.update(fab_targets=2, fab_restarts=2)
   attacks = evaluate.suite_attacks('fab-t', eval_config, EPS)
   assert attacks[0].runs == 4

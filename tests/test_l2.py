@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import pgd_minimal_eps, random_hyperplane_problems
-from configs import default
+from latentadv import base_config
 from latentadv import evaluate
 from latentadv import methods
 from latentadv import parallel
@@ -177,7 +177,7 @@ def test_fab_minimal_l2_norm_matches_a_pgd_bisection(mnist, attack):
 
 def test_evaluator_in_l2_keeps_fab_l2_norm_and_counts_points_within_eps(mnist):
   model, variables, _, x, y, _ = mnist
-  eval_config = ml_collections.ConfigDict(default.get_config('smoke').eval.to_dict())
+  eval_config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
   eval_config.update(norm='l2', fab_targets=2)
   attacks = evaluate.suite_attacks('fab-t', eval_config, EPS)
   evaluator = evaluate.Evaluator(model.apply, parallel.make_mesh(jax.devices()[:1]), attacks,
@@ -192,7 +192,7 @@ def test_evaluator_in_l2_keeps_fab_l2_norm_and_counts_points_within_eps(mnist):
 
 def test_training_evaluator_uses_the_method_norm(mnist):
   model = mnist[0]
-  config = default.get_config()
+  config = base_config.get_config()
   config.method.name, config.method.norm = 'pgd', 'l2'
   evaluator = evaluate.from_config(model, parallel.make_mesh(jax.devices()[:1]), config,
                                    steps=2, restarts=1)
@@ -204,7 +204,7 @@ def test_l2_training_steps_train_on_points_in_the_l2_ball(mnist, name):
   """The input of the training pass of methods pgd and fgsm_rs with config.method.norm l2 is
   within the L2 ball (much smaller than the L-inf ball of the same eps) and in [0, 1]."""
   model, variables, _, x, y, _ = mnist
-  config = default.get_config()
+  config = base_config.get_config()
   config.method.update(name=name, norm='l2', eps=EPS, attack_bn='eval')
   config.method.pgd.update(steps=3, step_size=EPS / 4)
   validation.validate(config)
@@ -229,7 +229,7 @@ def test_l2_training_steps_train_on_points_in_the_l2_ball(mnist, name):
     ('eval.norm', 'l1', 'config.eval.norm'),
 ])
 def test_config_rejects_a_norm_the_method_or_evaluator_does_not_define(key, value, message):
-  config = default.get_config()  # Method slat.
+  config = base_config.get_config()  # Method slat.
   section, leaf = key.split('.')
   config[section][leaf] = value
   with pytest.raises(validation.ConfigError, match=message):

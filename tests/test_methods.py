@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import methods
 from latentadv import models
 from latentadv.methods import common
@@ -19,7 +19,7 @@ from latentadv.methods import slat
 
 def _setup(model_name='preact_resnet18', method='standard', batch=4):
   """(config, model, params, model_state, batch); the model part is built once per shape."""
-  config = default.get_config()
+  config = base_config.get_config()
   config.method.name = method
   return (config, *_model_and_batch(model_name, batch))
 

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import checkpoint
 from latentadv import methods
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -203,7 +203,7 @@ def test_linearity_term_is_second_order_small_for_a_linear_model():
 # ------------------------------------------------------------------------------------ Free-AT
 
 def _free_config(replays=8, crop_padding=0, flip=False):
-  config = default.apply_preset(default.mnist(default.get_config('smoke')), 'smoke')
+  config = base_config.apply_preset(base_config.mnist(base_config.get_config('smoke')), 'smoke')
   config.method.name = 'free'
   config.method.free.replays = replays
   config.optim.batch_size = 16
@@ -213,16 +213,16 @@ def _free_config(replays=8, crop_padding=0, flip=False):
 
 def _free_step(config, mesh=None, learning_rate=None):
   """(model, jitted train step, initial state with the carry, a fixed batch (16, 28, 28, 1))."""
-  model = state_lib.build_model(config)
+  model = train_state.build_model(config)
   if learning_rate is not None:
     config.optim.schedule, config.optim.learning_rate = 'constant', learning_rate
-  schedule = state_lib.learning_rate_schedule(config.optim, 100)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  schedule = train_state.learning_rate_schedule(config.optim, 100)
+  tx = train_state.make_optimizer(config.optim, schedule)
   shape = datasets.DATASETS[config.data.name].image_shape
   mesh = mesh or parallel.make_mesh(jax.devices()[:1])
   state = jax.device_put(
-      state_lib.init_state(model, tx, jax.random.key(0), shape,
-                           state_lib.init_carry(config, shape)), parallel.replicated(mesh))
+      train_state.init_state(model, tx, jax.random.key(0), shape,
+                           train_state.init_carry(config, shape)), parallel.replicated(mesh))
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS['free'].loss, tx, schedule, config),
       state, mesh)
@@ -269,12 +269,12 @@ def test_free_step_has_one_backward_pass():
   for name in ('standard', 'free'):
     config = _free_config()
     config.method.name = name
-    model = state_lib.build_model(config)
-    schedule = state_lib.learning_rate_schedule(config.optim, 100)
-    tx = state_lib.make_optimizer(config.optim, schedule)
+    model = train_state.build_model(config)
+    schedule = train_state.learning_rate_schedule(config.optim, 100)
+    tx = train_state.make_optimizer(config.optim, schedule)
     shape = datasets.DATASETS[config.data.name].image_shape
-    state = state_lib.init_state(model, tx, jax.random.key(0), shape,
-                                 state_lib.init_carry(config, shape))
+    state = train_state.init_state(model, tx, jax.random.key(0), shape,
+                                 train_state.init_carry(config, shape))
     step = train.make_train_step(model.apply, methods.METHODS[name].loss, tx, schedule, config)
     batch = {'image': jnp.zeros((16, *shape)), 'label': jnp.zeros(16, jnp.int32)}
     counts[name] = _count_in_jaxpr(jax.make_jaxpr(step)(state, batch, jax.random.key(0)).jaxpr)
@@ -326,13 +326,13 @@ def test_trainer_replays_each_minibatch_and_checkpoints_the_perturbation(tmp_pat
   # 16 optimizer steps on 4 minibatches: each read once, in order, and trained on 4 times.
   assert served == [0, 1, 2, 3]
 
-  model = state_lib.build_model(config)
-  tx = state_lib.make_optimizer(config.optim, state_lib.learning_rate_schedule(config.optim, 1))
-  abstract = jax.eval_shape(lambda rng: state_lib.init_state(
-      model, tx, rng, (28, 28, 1), state_lib.init_carry(config, (28, 28, 1))), jax.random.key(0))
+  model = train_state.build_model(config)
+  tx = train_state.make_optimizer(config.optim, train_state.learning_rate_schedule(config.optim, 1))
+  abstract = jax.eval_shape(lambda rng: train_state.init_state(
+      model, tx, rng, (28, 28, 1), train_state.init_carry(config, (28, 28, 1))), jax.random.key(0))
   restored, _ = checkpoint.Checkpoints(str(tmp_path), 1, 1).restore(abstract)
   delta = np.asarray(restored.carry['perturbation'])
   assert delta.shape == (64, 28, 28, 1)
   assert np.abs(delta).max() == pytest.approx(config.method.eps)
   # The evaluator's loader restores a Free-AT checkpoint (carry included) too.
-  state_lib.restore_variables(str(tmp_path), config)
+  train_state.restore_variables(str(tmp_path), config)

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import methods
 from latentadv import models
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 
@@ -71,16 +71,16 @@ def test_bfloat16_taps_and_input_gradients_are_float32():
 
 
 def test_one_bfloat16_slat_step_keeps_float32_state():
-  config = default.apply_preset(default.mnist(default.get_config()), 'smoke')
+  config = base_config.apply_preset(base_config.mnist(base_config.get_config()), 'smoke')
   config.model.dtype = 'bfloat16'
   config.optim.schedule = 'constant'
   config.optim.batch_size = 8
   validation.validate(config)
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 100)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 100)
+  tx = train_state.make_optimizer(config.optim, schedule)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  initial = jax.device_put(state_lib.init_state(model, tx, jax.random.key(0), (28, 28, 1)),
+  initial = jax.device_put(train_state.init_state(model, tx, jax.random.key(0), (28, 28, 1)),
                            parallel.replicated(mesh))
   step = train.jit_train_step(
       train.make_train_step(model.apply, methods.METHODS['slat'].loss, tx, schedule, config),
@@ -99,7 +99,7 @@ def test_one_bfloat16_slat_step_keeps_float32_state():
 
 
 def test_unknown_dtype_is_rejected_with_the_key():
-  config = default.get_config()
+  config = base_config.get_config()
   config.model.dtype = 'float16'
   with pytest.raises(validation.ConfigError, match=r'config\.model\.dtype'):
     validation.validate(config)

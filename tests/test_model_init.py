@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from benchmarks import feature_scale
-from configs import default
+from latentadv import base_config
 from latentadv import models
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -104,7 +104,7 @@ def test_wide_resnet_is_initialised_as_the_trades_reference():
 
 @pytest.fixture(scope='module')
 def cifar_test_images(data_root):
-  config = default.get_config().data
+  config = base_config.get_config().data
   config.source, config.dir = 'local', f'{data_root}/cifar10'
   images, _ = readers.load_split(config, 'test')
   return jnp.asarray(images[:128])
@@ -113,7 +113,7 @@ def cifar_test_images(data_root):
 def _latent_step_fractions(init: str, images) -> dict[str, float]:
   """eps_h / std of each SLAT-tapped feature map of the width-16 model initialised with `init`,
   at initialisation on `images` (train-mode BatchNorm, as SLAT's passes run)."""
-  eps_h = slat.latent_radius(default.get_config().method)
+  eps_h = slat.latent_radius(base_config.get_config().method)
   return {tap: eps_h / float(h.std())
           for tap, h in feature_scale.tapped_features(16, init, 0, images).items()}
 

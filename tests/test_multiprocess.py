@@ -12,7 +12,7 @@ import pytest
 
 from latentadv import evaluate
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv.data import readers
 
 from conftest import DATA_ROOT, REPO_ROOT
@@ -74,7 +74,7 @@ def test_two_processes_train_the_same_parameters_as_one(tmp_path):
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
     assert results['devices'] == 4 and results['steps'] == 8
-  params = [state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]['params']
+  params = [train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]['params']
             for workdir in (one, two)]
   max_difference = max(jax.tree.leaves(jax.tree.map(
       lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), *params)))

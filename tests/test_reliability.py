@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import checkpoint
 from latentadv import evaluate
-from latentadv import overfitting
-from latentadv import state as state_lib
+from latentadv import collapse_monitor
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 from latentadv.data import readers
@@ -31,7 +31,7 @@ MNIST_DIR = os.path.join(DATA_ROOT, 'mnist')
 
 def _smoke_config(method='fgsm_rs'):
   """The MNIST smoke config (8 steps per epoch, 2 epochs); a quick final PGD-2, no periodic one."""
-  config = default.apply_preset(default.mnist(default.get_config()), 'smoke')
+  config = base_config.apply_preset(base_config.mnist(base_config.get_config()), 'smoke')
   config.method.name = method
   config.data.source = 'local'
   config.data.dir = MNIST_DIR
@@ -78,7 +78,7 @@ def _garble_files(directory: str):
 
 
 def _final_variables(workdir: str):
-  return state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]
+  return train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_run(tmp_path):
@@ -170,14 +170,14 @@ def test_after_a_nan_stop_the_last_good_checkpoint_restores(tmp_path):
   with pytest.raises(FloatingPointError, match='last good checkpoint is step 8'):
     train.train_and_evaluate(config, str(tmp_path))
   assert _steps(str(tmp_path))[-1] == 8
-  _, variables = state_lib.restore_variables(str(tmp_path), config)
+  _, variables = train_state.restore_variables(str(tmp_path), config)
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables))
 
 
 def test_track_records_one_collapse_per_drop_below_the_best():
   record = {'best': None, 'collapsed': False, 'collapses': []}
   accuracies = [0.3, 0.5, 0.45, 0.3, 0.1, 0.35, 0.6, 0.39, 0.4]
-  collapses = [overfitting.track(record, epoch, 10 * epoch, accuracy, drop=0.2)
+  collapses = [collapse_monitor.track(record, epoch, 10 * epoch, accuracy, drop=0.2)
                for epoch, accuracy in enumerate(accuracies, start=1)]
   # Epoch 4 drops 0.2 from the best (epoch 2); epoch 5 is still collapsed, not a new collapse;
   # epoch 6 recovers to within 0.2; epoch 8 drops 0.21 from the new best (epoch 7).
@@ -190,14 +190,14 @@ def test_track_records_one_collapse_per_drop_below_the_best():
 
 
 @pytest.mark.parametrize('key, value, message', [
-    ('co_monitor_examples', -1, 'config.train.co_monitor_examples = -1 is invalid'),
-    ('co_drop', 0.0, 'config.train.co_drop = 0.0 is invalid: expected an accuracy drop'),
-    ('co_stop', True, 'config.train.co_stop = True is invalid: expected False while'),
-    ('co_monitor_examples', 99, 'config.train.co_monitor_examples = 99 is invalid: expected 0 '
+    ('collapse_monitor_examples', -1, 'config.train.collapse_monitor_examples = -1 is invalid'),
+    ('collapse_drop', 0.0, 'config.train.collapse_drop = 0.0 is invalid: expected an accuracy drop'),
+    ('collapse_stop', True, 'config.train.collapse_stop = True is invalid: expected False while'),
+    ('collapse_monitor_examples', 99, 'config.train.collapse_monitor_examples = 99 is invalid: expected 0 '
      r'\(monitor off\) or at least 100'),
-    ('co_monitor_examples', 1000, 'config.train.co_monitor_examples = 1000 is invalid: expected '
+    ('collapse_monitor_examples', 1000, 'config.train.collapse_monitor_examples = 1000 is invalid: expected '
      'at most the 512 training examples'),
-    ('co_relative_drop', 1.5, 'config.train.co_relative_drop = 1.5 is invalid'),
+    ('collapse_relative_drop', 1.5, 'config.train.collapse_relative_drop = 1.5 is invalid'),
 ])
 def test_invalid_monitor_keys_are_rejected_with_the_key(key, value, message):
   config = _smoke_config()
@@ -210,7 +210,7 @@ def test_track_s_relative_drop_catches_a_collapse_from_a_small_best_and_ignores_
   def collapse_epochs(accuracies):
     record = {'best': None, 'collapsed': False, 'collapses': []}
     for epoch, accuracy in enumerate(accuracies, start=1):
-      overfitting.track(record, epoch, epoch, accuracy, drop=0.05, relative_drop=0.5)
+      collapse_monitor.track(record, epoch, epoch, accuracy, drop=0.05, relative_drop=0.5)
     return [collapse['epoch'] for collapse in record['collapses']]
 
   # SLAT at 16/255 on one H200 (PGD-10 per epoch): 26.4 % at best, then 12.0 %. An absolute
@@ -222,7 +222,7 @@ def test_track_s_relative_drop_catches_a_collapse_from_a_small_best_and_ignores_
   assert collapse_epochs([0.065, 0.03, 0.002]) == [3]
 
 
-@pytest.mark.parametrize('preset', default.PRESETS)
+@pytest.mark.parametrize('preset', base_config.PRESETS)
 def test_every_single_step_recipe_monitors_collapse_and_the_others_do_not(preset):
   single_step = {'fgsm', 'fgsm_rs', 'slat', 'slat_ga', 'n_fgsm', 'gradalign', 'free'}
   for path in sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py'))):
@@ -230,26 +230,26 @@ def test_every_single_step_recipe_monitors_collapse_and_the_others_do_not(preset
     if not name.startswith(('cifar_', 'mnist_')):
       continue
     config = importlib.import_module(f'configs.{name}').get_config(preset)
-    expected = default.CO_MONITOR_EXAMPLES[preset] if config.method.name in single_step else 0
-    assert config.train.co_monitor_examples == expected, name
+    expected = base_config.COLLAPSE_MONITOR_EXAMPLES[preset] if config.method.name in single_step else 0
+    assert config.train.collapse_monitor_examples == expected, name
     validation.validate(config)
 
 
 def test_the_monitor_does_not_change_training(tmp_path):
   config = _smoke_config('fgsm_rs')
-  config.train.co_monitor_examples = 0
+  config.train.collapse_monitor_examples = 0
   unmonitored = train.train_and_evaluate(config, str(tmp_path / 'off'))
-  config.train.co_monitor_examples = 128
+  config.train.collapse_monitor_examples = 128
   monitored = train.train_and_evaluate(config, str(tmp_path / 'on'))
-  assert 'co_monitor' in monitored and 'co_monitor' not in unmonitored
+  assert 'collapse_monitor' in monitored and 'collapse_monitor' not in unmonitored
   for key in ('clean_accuracy', 'pgd_accuracy', 'n_examples'):
     assert monitored['final'][key] == unmonitored['final'][key]
   for off, on in zip(unmonitored['history'], monitored['history'], strict=True):
-    assert {k: v for k, v in on.items() if not k.startswith('co_') and k != 'train_seconds'} == (
+    assert {k: v for k, v in on.items() if not k.startswith('monitor_') and k != 'train_seconds'} == (
         {k: v for k, v in off.items() if k != 'train_seconds'})
   chex.assert_trees_all_equal(
-      state_lib.restore_variables(str(tmp_path / 'off'), config)[1],
-      state_lib.restore_variables(str(tmp_path / 'on'), config)[1])
+      train_state.restore_variables(str(tmp_path / 'off'), config)[1],
+      train_state.restore_variables(str(tmp_path / 'on'), config)[1])
 
 
 def _collapsing_config():
@@ -261,7 +261,7 @@ def _collapsing_config():
   config.optim.schedule = 'piecewise'
   config.optim.piecewise_boundaries = (0.5,)
   config.optim.piecewise_factor = 30.0
-  config.train.co_monitor_examples = 128
+  config.train.collapse_monitor_examples = 128
   return config
 
 
@@ -277,8 +277,8 @@ def test_a_collapsed_run_trains_to_the_end_and_hands_back_its_best_state(tmp_pat
   results = train.train_and_evaluate(config, workdir)
 
   history = {h['epoch']: h for h in results['history']}
-  assert sorted(history) == [1, 2, 3, 4] and not results['co_monitor']['stopped']
-  collapse = results['co_monitor']['collapses'][0]
+  assert sorted(history) == [1, 2, 3, 4] and not results['collapse_monitor']['stopped']
+  collapse = results['collapse_monitor']['collapses'][0]
   best = history[collapse['best_epoch']]
   kept = results['kept_state']
   assert kept['state'] == 'best' and kept['collapsed']
@@ -288,9 +288,9 @@ def test_a_collapsed_run_trains_to_the_end_and_hands_back_its_best_state(tmp_pat
 
   # load_model, evaluate and export read the kept (best) state unless told 'last'.
   assert _clean_accuracy_on_monitored_examples(config, evaluate.load_model(workdir)) == (
-      best['co_clean_accuracy'])
+      best['monitor_clean_accuracy'])
   assert _clean_accuracy_on_monitored_examples(
-      config, evaluate.load_model(workdir, state='last')) == history[4]['co_clean_accuracy']
+      config, evaluate.load_model(workdir, state='last')) == history[4]['monitor_clean_accuracy']
   config.eval.n_examples = 64
   kept_record = evaluate.evaluate_workdir(workdir, config)
   last_record = evaluate.evaluate_workdir(workdir, config, state='last')
@@ -304,25 +304,25 @@ def test_a_collapsed_run_trains_to_the_end_and_hands_back_its_best_state(tmp_pat
 
 def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp_path):
   config = _collapsing_config()
-  config.train.co_stop = True
+  config.train.collapse_stop = True
   workdir = str(tmp_path)
   results = train.train_and_evaluate(config, workdir)
 
-  monitor = results['co_monitor']
+  monitor = results['collapse_monitor']
   assert monitor['stopped'] and len(monitor['collapses']) == 1
   collapse = monitor['collapses'][0]
   history = {h['epoch']: h for h in results['history']}
   assert sorted(history) == [1, 2, 3] and collapse['epoch'] == 3
   best = history[collapse['best_epoch']]
-  assert collapse['pgd_accuracy_before'] == best['co_pgd_accuracy'] == max(
-      h['co_pgd_accuracy'] for h in history.values())
-  assert collapse['pgd_accuracy_after'] == history[3]['co_pgd_accuracy']
+  assert collapse['pgd_accuracy_before'] == best['monitor_pgd_accuracy'] == max(
+      h['monitor_pgd_accuracy'] for h in history.values())
+  assert collapse['pgd_accuracy_after'] == history[3]['monitor_pgd_accuracy']
   assert collapse['pgd_accuracy_before'] - collapse['pgd_accuracy_after'] >= 0.2
 
   # The last checkpoint holds the best state: its clean accuracy on the monitored examples is
   # the best epoch's, not the collapsed one's.
   clean = _clean_accuracy_on_monitored_examples(config, evaluate.load_model(workdir))
-  assert clean == best['co_clean_accuracy'] != history[3]['co_clean_accuracy']
+  assert clean == best['monitor_clean_accuracy'] != history[3]['monitor_clean_accuracy']
   assert _steps(workdir, 'checkpoints_best') == [best['step']]
   assert results['kept_state']['state'] == 'last'  # the best state became the last one
   assert results['kept_state']['step'] == best['step'] and results['kept_state']['collapsed']
@@ -331,16 +331,16 @@ def test_collapse_monitor_stops_and_the_final_evaluation_uses_the_best_state(tmp
   again = train.train_and_evaluate(config, workdir)
   for key in ('clean_accuracy', 'pgd_accuracy'):
     assert again['final'][key] == results['final'][key]
-  assert again['co_monitor'] == monitor
+  assert again['collapse_monitor'] == monitor
 
 
 def _write_checkpoint_of_another_model(workdir: str):
   """A workdir whose checkpoint holds a (zero) PreActResNet-18 state for MNIST."""
   config = _smoke_config()
   config.model.name = 'preact_resnet18'
-  model = state_lib.build_model(config)
-  tx = state_lib.make_optimizer(config.optim, state_lib.learning_rate_schedule(config.optim, 1))
-  shapes = jax.eval_shape(lambda rng: state_lib.init_state(model, tx, rng, (28, 28, 1)),
+  model = train_state.build_model(config)
+  tx = train_state.make_optimizer(config.optim, train_state.learning_rate_schedule(config.optim, 1))
+  shapes = jax.eval_shape(lambda rng: train_state.init_state(model, tx, rng, (28, 28, 1)),
                           jax.random.key(0))
   state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
   checkpoints = checkpoint.Checkpoints(workdir, every_steps=1, keep=1)
@@ -353,7 +353,7 @@ def test_bad_input_ends_with_one_line_naming_the_problem_and_the_fix(tmp_path):
   _write_checkpoint_of_another_model(mismatch_dir)
   cases = {  # name: (overrides, workdir, fragments the message must contain)
       'unknown key': (['--config.method.epsilon=0.1'], str(tmp_path / 'a'),
-                      ['ConfigError:', '--config.method.epsilon', 'configs/default.py']),
+                      ['ConfigError:', '--config.method.epsilon', 'latentadv/base_config.py']),
       'invalid value': (['--config.method.eps=-0.1'], str(tmp_path / 'b'),
                         ['ConfigError:', 'config.method.eps = -0.1', 'expected eps >= 0']),
       'wrong data dir': ([f'--config.data.dir={tmp_path / "nowhere"}'], str(tmp_path / 'c'),

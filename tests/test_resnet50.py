@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import default
+from latentadv import base_config
 from latentadv import methods
 from latentadv import models
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 
@@ -144,20 +144,20 @@ def test_bfloat16_compute_has_float32_params_and_outputs(tiny):
 def test_slat_train_step_on_eight_devices_changes_the_params():
   """One jitted SLAT step (input and 'stem', 'stage1' perturbations) of the width-8 model on
   CIFAR-sized batches over 8 devices: a finite loss, and every parameter moves."""
-  config = default.get_config('smoke')
+  config = base_config.get_config('smoke')
   config.model.name = 'resnet50'
   config.model.resnet50.width = WIDTH
   config.method.name = 'slat'
   config.optim.batch_size = 16
   config.optim.schedule = 'constant'  # the cyclic schedule's first step has learning rate 0
   validation.validate(config)
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 100)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 100)
+  tx = train_state.make_optimizer(config.optim, schedule)
   mesh = parallel.make_mesh()
   assert mesh.size == 8
   initial = jax.device_put(
-      state_lib.init_state(model, tx, jax.random.key(0, impl='rbg'), (32, 32, 3)),
+      train_state.init_state(model, tx, jax.random.key(0, impl='rbg'), (32, 32, 3)),
       parallel.replicated(mesh))
   before = jax.device_get(initial.params)
   step = train.jit_train_step(

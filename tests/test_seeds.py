@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import checkpoint
 from latentadv import evaluate
 from latentadv import methods
 from latentadv import parallel
 from latentadv import seeds
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 from latentadv.data import datasets
@@ -34,11 +34,11 @@ ATOL, RTOL = 1e-4, 1e-3
 
 
 def _smoke_mnist(method: str = 'slat', **overrides):
-  config = default.mnist(default.get_config('smoke'))
+  config = base_config.mnist(base_config.get_config('smoke'))
   config.method.name = method
   config.data.source = 'local'
   config.data.dir = os.path.join(DATA_ROOT, 'mnist')
-  config = default.apply_preset(config, 'smoke')
+  config = base_config.apply_preset(config, 'smoke')
   config.optim.epochs = 1
   config.data.num_train_examples = 256
   config.optim.batch_size = 32
@@ -55,18 +55,18 @@ def _smoke_mnist(method: str = 'slat', **overrides):
 @pytest.fixture(scope='module')
 def two_seed_run(tmp_path_factory):
   """A 2-seed SLAT run (seeds 5 and 6) with the collapse monitor: (workdir, results, config)."""
-  config = _smoke_mnist(**{'seed': 5, 'num_seeds': 2, 'train.co_monitor_examples': 128})
+  config = _smoke_mnist(**{'seed': 5, 'num_seeds': 2, 'train.collapse_monitor_examples': 128})
   workdir = str(tmp_path_factory.mktemp('two_seeds'))
   return workdir, train.train_and_evaluate(config, workdir), config
 
 
 def test_seed_k_of_a_two_seed_run_is_the_single_run_with_seed_plus_k(two_seed_run, tmp_path):
   workdir, results, config = two_seed_run
-  single_config = _smoke_mnist(**{'seed': 6, 'train.co_monitor_examples': 128})
+  single_config = _smoke_mnist(**{'seed': 6, 'train.collapse_monitor_examples': 128})
   single = train.train_and_evaluate(single_config, str(tmp_path))
 
-  stacked = [state_lib.restore_variables(workdir, config, 'last', k)[1] for k in range(2)]
-  alone = state_lib.restore_variables(str(tmp_path), single_config, 'last')[1]
+  stacked = [train_state.restore_variables(workdir, config, 'last', k)[1] for k in range(2)]
+  alone = train_state.restore_variables(str(tmp_path), single_config, 'last')[1]
   chex.assert_trees_all_close(stacked[1], alone, atol=ATOL, rtol=RTOL)
   distance = max(float(np.abs(a - b).max()) for a, b in zip(
       jax.tree.leaves(stacked[0]['params']), jax.tree.leaves(stacked[1]['params'])))
@@ -78,7 +78,7 @@ def test_seed_k_of_a_two_seed_run_is_the_single_run_with_seed_plus_k(two_seed_ru
   np.testing.assert_allclose(record['history'][-1]['train_loss'],
                              single['history'][-1]['train_loss'], rtol=RTOL)
   assert abs(record['final']['clean_accuracy'] - single['final']['clean_accuracy']) <= 1 / 64
-  assert 'co_monitor' in record and record['kept_state']['state'] in ('best', 'last')
+  assert 'collapse_monitor' in record and record['kept_state']['state'] in ('best', 'last')
   summary = results['summary']
   assert summary['final']['clean_accuracy']['values'] == [
       r['final']['clean_accuracy'] for r in results['seeds']]
@@ -87,7 +87,7 @@ def test_seed_k_of_a_two_seed_run_is_the_single_run_with_seed_plus_k(two_seed_ru
 
 def test_a_two_seed_run_is_evaluated_loaded_and_refused_per_seed(two_seed_run):
   workdir, _, config = two_seed_run
-  config = evaluate.workdir_config(workdir, default.get_config(), {
+  config = evaluate.workdir_config(workdir, base_config.get_config(), {
       'eval.n_examples': 32, 'eval.pgd_steps': 2, 'eval.pgd_restarts': 1})
   record = evaluate.evaluate_workdir(workdir, config)
   assert [r['seed'] for r in record['seeds']] == [5, 6]
@@ -131,8 +131,8 @@ def test_resume_of_a_two_seed_run_is_exact(two_seed_run, tmp_path):
   shutil.rmtree(os.path.join(interrupted, 'checkpoints', str(last)))
   resumed = train.train_and_evaluate(config, interrupted)
   for k in range(2):
-    chex.assert_trees_all_equal(state_lib.restore_variables(workdir, config, 'last', k)[1],
-                                state_lib.restore_variables(interrupted, config, 'last', k)[1])
+    chex.assert_trees_all_equal(train_state.restore_variables(workdir, config, 'last', k)[1],
+                                train_state.restore_variables(interrupted, config, 'last', k)[1])
     for key in ('clean_accuracy', 'pgd_accuracy'):
       assert resumed['seeds'][k]['final'][key] == results['seeds'][k]['final'][key]
     timeless = [[{key: value for key, value in epoch.items() if key != 'train_seconds'}
@@ -148,13 +148,13 @@ def test_k_seeds_on_eight_devices_train_each_model_as_its_single_step(num_seeds,
   assert mesh.devices.size == 8
   seed_axis = seeds.SeedAxis(config, mesh)
   assert (seed_axis.mode, seed_axis.loop) == (mode, loop)  # 'auto' sharding
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 16)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 16)
+  tx = train_state.make_optimizer(config.optim, schedule)
   step = train.make_train_step(model.apply, methods.METHODS['fgsm_rs'].loss, tx, schedule,
                                config)
   shape = datasets.DATASETS['mnist'].image_shape
-  initial = [state_lib.init_state(model, tx, jax.random.key(s), shape) for s in seed_axis.seeds]
+  initial = [train_state.init_state(model, tx, jax.random.key(s), shape) for s in seed_axis.seeds]
   data = readers.train_batches(config.data, 16, *seed_axis.reader_args())
   batch = data.batch(3)
   assert batch['image'].shape == (num_seeds, 16, *shape)
@@ -193,7 +193,7 @@ def test_seed_stack_reads_each_seeds_own_batches():
 
 @pytest.mark.parametrize('overrides,message', [
     ({'num_seeds': 0}, 'num_seeds'),
-    ({'num_seeds': 2, 'train.co_monitor_examples': 128, 'train.co_stop': True}, 'co_stop'),
+    ({'num_seeds': 2, 'train.collapse_monitor_examples': 128, 'train.collapse_stop': True}, 'collapse_stop'),
     ({'seed_sharding': 'models'}, 'seed_sharding'), ({'seed_loop': 'scan'}, 'seed_loop')])
 def test_bad_seed_settings_are_one_config_error(overrides, message):
   with pytest.raises(validation.ConfigError, match=message):
@@ -219,7 +219,7 @@ def test_summary_counts_collapsed_seeds_and_sample_std():
     return {'final': {'clean_accuracy': clean, 'pgd_accuracy': pgd},
             'kept_state': {'collapsed': collapsed, 'final': {'clean_accuracy': clean,
                                                              'pgd_accuracy': pgd + 0.1}},
-            'co_monitor': {}}
+            'collapse_monitor': {}}
   summary = seeds.summary([record(0.5, 0.0, True), record(0.6, 0.2, False),
                            record(0.7, 0.4, True)])
   assert summary['collapsed'] == 2 and summary['collapsed_in'] == '2 of 3'

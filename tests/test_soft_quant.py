@@ -13,7 +13,7 @@ from conftest import set_key
 from configs import cifar_soft_quant
 from configs import mnist_soft_quant
 from latentadv import models
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 from latentadv.data import datasets
@@ -155,11 +155,11 @@ def test_one_soft_quant_training_step_trains_model_and_thresholds(config_module,
   config.model.preact_resnet18.width = 4
   config.optim.schedule = 'constant'  # the cyclic schedule's first learning rate is 0
   validation.validate(config)
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 10)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 10)
+  tx = train_state.make_optimizer(config.optim, schedule)
   image_shape = datasets.DATASETS[config.data.name].image_shape
-  state = state_lib.init_state(model, tx, jax.random.key(0), image_shape)
+  state = train_state.init_state(model, tx, jax.random.key(0), image_shape)
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((8, *image_shape), dtype=np.float32),
            'label': rng.integers(0, 10, 8).astype(np.int32)}

@@ -10,9 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import default
+from latentadv import base_config
 from latentadv import evaluate
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -25,7 +25,7 @@ WNIDS = ('n01443537', 'n01629819', 'n01641577')
 
 
 def _data_config(name, directory, pipeline='stream', source='local', num_train_examples=0):
-  config = default.get_config().data
+  config = base_config.get_config().data
   config.name, config.dir, config.source = name, directory, source
   config.pipeline, config.num_train_examples = pipeline, num_train_examples
   config.stream_threads = 2
@@ -185,7 +185,7 @@ def test_memory_pipeline_refuses_imagenet():
 
 
 def test_resumed_stream_run_ends_equal_to_an_uninterrupted_in_memory_run(tmp_path):
-  config = default.apply_preset(default.get_config('smoke'), 'smoke')
+  config = base_config.apply_preset(base_config.get_config('smoke'), 'smoke')
   config.method.name = 'fgsm_rs'
   config.data.source, config.data.dir = 'local', os.path.join(DATA_ROOT, 'cifar10')
   config.train.eval_every_epochs = 0
@@ -199,7 +199,7 @@ def test_resumed_stream_run_ends_equal_to_an_uninterrupted_in_memory_run(tmp_pat
   resumed = train.train_and_evaluate(config, interrupted)
 
   def final_variables(workdir):
-    return state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]
+    return train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]
   chex.assert_trees_all_equal(final_variables(str(tmp_path / 'memory')),
                               final_variables(interrupted))
   for key in ('clean_accuracy', 'pgd_accuracy'):

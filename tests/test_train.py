@@ -14,11 +14,11 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from latentadv import base_config
 from latentadv import evaluate
 from latentadv import methods
 from latentadv import parallel
-from latentadv import state as state_lib
+from latentadv import train_state
 from latentadv import train
 from latentadv import validation
 from latentadv.data import datasets
@@ -30,15 +30,15 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py'
 
 
 def _smoke_mnist(method='slat'):
-  config = default.mnist(default.get_config('smoke'))
+  config = base_config.mnist(base_config.get_config('smoke'))
   config.method.name = method
   config.data.source = 'local'
   config.data.dir = os.path.join(DATA_ROOT, 'mnist')
-  return default.apply_preset(config, 'smoke')
+  return base_config.apply_preset(config, 'smoke')
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
-@pytest.mark.parametrize('preset', default.PRESETS)
+@pytest.mark.parametrize('preset', base_config.PRESETS)
 def test_every_config_file_and_preset_is_valid(path, preset):
   module = importlib.import_module(f'configs.{os.path.basename(path)[:-3]}')
   config = module.get_config(preset)
@@ -58,18 +58,18 @@ def test_every_config_file_and_preset_is_valid(path, preset):
     ('eval.attack_loops', 'sometimes', 'config.eval.attack_loops'),
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
-  config = default.get_config()
+  config = base_config.get_config()
   set_key(config, key, value)
   with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
     validation.validate(config)
 
 
 def test_unknown_keys_are_rejected():
-  config = default.get_config()
+  config = base_config.get_config()
   with pytest.raises(AttributeError):
     config.method.epsilon = 0.1
   with pytest.raises(ValueError, match='preset'):
-    default.get_config('fast')
+    base_config.get_config('fast')
 
 
 def test_unknown_key_on_the_command_line_is_rejected(tmp_path):
@@ -82,8 +82,8 @@ def test_unknown_key_on_the_command_line_is_rejected(tmp_path):
 
 
 def test_cyclic_schedule_peaks_at_forty_percent_and_ends_at_zero():
-  config = default.get_config()
-  schedule = state_lib.learning_rate_schedule(config.optim, 1000)
+  config = base_config.get_config()
+  schedule = train_state.learning_rate_schedule(config.optim, 1000)
   assert float(schedule(0)) == 0.0
   assert float(schedule(400)) == pytest.approx(0.2)
   assert float(schedule(200)) == pytest.approx(0.1)
@@ -93,13 +93,13 @@ def test_cyclic_schedule_peaks_at_forty_percent_and_ends_at_zero():
 def test_cyclic_schedule_cycles_sgd_momentum_as_pytorch_cycliclr():
   """Momentum 0.9 at LR 0, 0.8 at the peak, linear against the LR in between; the SGD update
   is PyTorch's (buffer = momentum * buffer + g, step = -lr * buffer) with that momentum."""
-  optim = default.get_config().optim
-  schedule = state_lib.learning_rate_schedule(optim, 10)  # peak at step 4
-  momentum = state_lib.momentum_schedule(optim, schedule)
+  optim = base_config.get_config().optim
+  schedule = train_state.learning_rate_schedule(optim, 10)  # peak at step 4
+  momentum = train_state.momentum_schedule(optim, schedule)
   assert [float(momentum(s)) for s in (0, 2, 4, 7, 10)] == pytest.approx(
       [0.9, 0.85, 0.8, 0.85, 0.9])
   optim.weight_decay = 0.0
-  tx = state_lib.make_optimizer(optim, schedule)
+  tx = train_state.make_optimizer(optim, schedule)
   params, grads = np.float32(1.0), [np.float32(g) for g in (1.0, 2.0, -1.0, 3.0)]
   opt_state, buffer, updates = tx.init(params), 0.0, []
   for step, g in enumerate(grads):
@@ -111,19 +111,19 @@ def test_cyclic_schedule_cycles_sgd_momentum_as_pytorch_cycliclr():
 
 
 def test_momentum_is_constant_without_the_cyclic_schedule_or_when_asked():
-  config = default.get_config()
+  config = base_config.get_config()
   config.optim.cyclic_momentum_low = config.optim.momentum
-  assert state_lib.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
-  config = default.get_config()
+  assert train_state.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
+  config = base_config.get_config()
   config.optim.schedule = 'piecewise'
-  assert state_lib.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
+  assert train_state.momentum_schedule(config.optim, lambda step: 0.1) == 0.9
 
 
 def test_piecewise_schedule_decays_at_the_boundaries():
-  config = default.get_config()
+  config = base_config.get_config()
   config.optim.schedule = 'piecewise'
   config.optim.learning_rate = 0.1
-  schedule = state_lib.learning_rate_schedule(config.optim, 100)
+  schedule = train_state.learning_rate_schedule(config.optim, 100)
   assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
@@ -131,7 +131,7 @@ def test_piecewise_schedule_decays_at_the_boundaries():
 def test_interpolate_schedule_is_wong_et_al_imagenet_lr():
   from configs import imagenet_fgsm_rs  # pylint: disable=import-outside-toplevel
   optim = imagenet_fgsm_rs.get_config().optim
-  schedule = state_lib.learning_rate_schedule(optim, 1500)  # 100 steps per epoch
+  schedule = train_state.learning_rate_schedule(optim, 1500)  # 100 steps per epoch
   assert [float(schedule(s)) for s in (0, 50, 100, 350, 600, 1200, 1350, 1500)] == pytest.approx(
       [0.0, 0.2, 0.4, 0.22, 0.04, 0.004, 0.0022, 0.0004], rel=1e-5)
 
@@ -154,19 +154,19 @@ def test_one_device_and_eight_devices_take_the_same_step(method, model):
   the step itself: drawing the 8-device run's augmentation from another key gives 108 % and
   2.7 %.
   """
-  config = default.get_config('smoke')
+  config = base_config.get_config('smoke')
   if model == 'mnist_cnn':
-    config = default.apply_preset(default.mnist(config), 'smoke')
+    config = base_config.apply_preset(base_config.mnist(config), 'smoke')
   config.method.name = method
   config.optim.batch_size = 16
-  model = state_lib.build_model(config)
-  schedule = state_lib.learning_rate_schedule(config.optim, 100)
-  tx = state_lib.make_optimizer(config.optim, schedule)
+  model = train_state.build_model(config)
+  schedule = train_state.learning_rate_schedule(config.optim, 100)
+  tx = train_state.make_optimizer(config.optim, schedule)
   shape = datasets.DATASETS[config.data.name].image_shape
   rng = np.random.default_rng(0)
   batch = {'image': rng.random((16, *shape), dtype=np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32)}
-  initial = jax.device_get(state_lib.init_state(model, tx, jax.random.key(0), shape))
+  initial = jax.device_get(train_state.init_state(model, tx, jax.random.key(0), shape))
   results = []
   assert jax.device_count() == 8
   for devices in (jax.devices()[:1], jax.devices()):
@@ -199,7 +199,7 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
   resumed = train.train_and_evaluate(config, interrupted)
 
   def final_variables(workdir):
-    return state_lib.restore_variables(workdir, evaluate.load_config(workdir))[1]
+    return train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]
   chex.assert_trees_all_equal(final_variables(str(tmp_path / 'full')),
                               final_variables(interrupted))
   assert [h['epoch'] for h in resumed['history']] == [1, 2]

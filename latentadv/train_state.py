@@ -120,7 +120,7 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict, state: st
   """(model, variables) of a run's `state` in `workdir`; variables for model.apply.
 
   state: 'kept' (default: the best state where training collapsed, else the last one; see
-  latentadv/overfitting.py) or 'last' (the latest checkpoint). A run of K > 1 seeds
+  latentadv/collapse_monitor.py) or 'last' (the latest checkpoint). A run of K > 1 seeds
   (config.num_seeds) holds K models: seed_index in [0, K) picks one (required).
   """
   seed_index = check_seed_index(config, seed_index)

@@ -3,7 +3,7 @@ and the kept state: the best one where training collapsed, the last one otherwis
 
 Single-step methods (FGSM, FGSM-RS, SLAT, ...) can lose all robustness to multi-step attacks
 within a few steps: catastrophic overfitting (Wong, Rice & Kolter 2020). With
-`train.co_monitor_examples` = n > 0 (the default of every single-step recipe), the monitor
+`train.collapse_monitor_examples` = n > 0 (the default of every single-step recipe), the monitor
 attacks the first n training examples after every epoch with the periodic PGD
 (`eval.periodic_pgd_steps`, `eval.periodic_pgd_restarts`, the same random starts every epoch).
 They are trained on as well: no data is held back, so the recipe trains on exactly what the
@@ -12,10 +12,10 @@ model stops resisting multi-step attacks anywhere; Wong et al. and the SLAT code
 training batch). What this does not see is robust overfitting, the slow growth of the gap between
 training and test robustness, for which Rice et al. hold out a validation split.
 
-A collapse is an epoch whose PGD accuracy is below the best so far by at least `train.co_drop`
+A collapse is an epoch whose PGD accuracy is below the best so far by at least `train.collapse_drop`
 (absolute, default 0.05: two standard errors of the difference of two independent estimates of
 20 % on 500 examples; successive epochs on the same examples vary less) AND by at
-least `train.co_relative_drop` of the best (default 0.5: half of it). The relative part makes the
+least `train.collapse_relative_drop` of the best (default 0.5: half of it). The relative part makes the
 criterion work where robust accuracy itself is small (26 % at 16/255 on CIFAR-10: an absolute
 0.2 would be close to total collapse); the absolute part keeps noise at tiny accuracies from
 counting. A collapse is logged as a warning and recorded in results.json.
@@ -23,7 +23,7 @@ counting. A collapse is logged as a warning and recorded in results.json.
 Every new best state is checkpointed in `<workdir>/checkpoints_best`. Training runs on to the
 end of its schedule (the recipe's last state stays measurable) and the trainer evaluates both:
 the kept state is the best one if the run collapsed, else the last one (`kept_state`). With
-`train.co_stop`, training stops at the collapse instead and the best state is restored: it
+`train.collapse_stop`, training stops at the collapse instead and the best state is restored: it
 becomes the last checkpoint and so also the kept state.
 
 This differs from Wong et al.'s early stopping (their CIFAR-10 code), which attacks the first
@@ -40,7 +40,7 @@ from absl import logging
 from latentadv import checkpoint
 from latentadv import evaluate
 
-_ROUNDING = 1e-9  # accuracies are fractions k / n; a drop of exactly co_drop counts
+_ROUNDING = 1e-9  # accuracies are fractions k / n; a drop of exactly collapse_drop counts
 
 
 def track(record: dict, epoch: int, step: int, pgd_accuracy: float, drop: float,
@@ -69,9 +69,9 @@ def track(record: dict, epoch: int, step: int, pgd_accuracy: float, drop: float,
 
 
 class CollapseMonitor:
-  """Runs the monitor after each epoch and keeps its record in `progress['co_monitor']`.
+  """Runs the monitor after each epoch and keeps its record in `progress['collapse_monitor']`.
 
-  Off (every method a no-op) when `config.train.co_monitor_examples` is 0.
+  Off (every method a no-op) when `config.train.collapse_monitor_examples` is 0.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, evaluator: evaluate.Evaluator,
@@ -86,26 +86,26 @@ class CollapseMonitor:
     resumed run continues its monitor. seed: the model's seed (default config.seed), which
     seeds the attack; best_subdir: where its best state is saved (checkpoint.best_subdir).
     """
-    n = config.train.co_monitor_examples
+    n = config.train.collapse_monitor_examples
     self.enabled = n > 0
     if not self.enabled:
       return
     self._images, self._labels = train_images[:n], train_labels[:n]
     self._evaluator = evaluator
     self._rng = jax.random.key((config.seed if seed is None else seed) + 3)
-    self._drop, self._relative_drop = config.train.co_drop, config.train.co_relative_drop
-    self._stop = config.train.co_stop
+    self._drop, self._relative_drop = config.train.collapse_drop, config.train.collapse_relative_drop
+    self._stop = config.train.collapse_stop
     self._best_subdir = best_subdir
     self._best = checkpoint.Checkpoints(workdir, every_steps=1, keep=1,
                                         subdir=best_subdir, remove_interrupted_saves=True)
-    self.record = progress.setdefault('co_monitor', {
+    self.record = progress.setdefault('collapse_monitor', {
         'examples': len(self._labels), 'drop': self._drop,
         'relative_drop': self._relative_drop, 'best': None, 'collapsed': False,
         'collapses': [], 'stopped': False})
 
   @property
   def stopped(self) -> bool:
-    """True once a collapse has stopped training (`train.co_stop`)."""
+    """True once a collapse has stopped training (`train.collapse_stop`)."""
     return self.enabled and self.record['stopped']
 
   @property
@@ -116,15 +116,15 @@ class CollapseMonitor:
   def after_epoch(self, state, epoch: int, step: int, progress: dict):
     """Attacks the monitored examples with `state`; returns the state to continue with.
 
-    Adds 'co_clean_accuracy' and 'co_pgd_accuracy' to the epoch's record (the last entry of
-    progress['history']) and checkpoints a new best state. At a collapse with `train.co_stop`,
+    Adds 'monitor_clean_accuracy' and 'monitor_pgd_accuracy' to the epoch's record (the last entry of
+    progress['history']) and checkpoints a new best state. At a collapse with `train.collapse_stop`,
     marks the run stopped and returns the best state instead of `state`.
     """
     if not self.enabled:
       return state
     result = self._evaluator(state.variables(), self._images, self._labels, self._rng)
-    progress['history'][-1].update(co_clean_accuracy=result['clean_accuracy'],
-                                   co_pgd_accuracy=result['pgd_accuracy'])
+    progress['history'][-1].update(monitor_clean_accuracy=result['clean_accuracy'],
+                                   monitor_pgd_accuracy=result['pgd_accuracy'])
     collapse = track(self.record, epoch, step, result['pgd_accuracy'], self._drop,
                      self._relative_drop)
     if self.record['best']['step'] == step:
@@ -137,9 +137,9 @@ class CollapseMonitor:
         'Catastrophic overfitting at epoch %d: PGD accuracy on %d monitored training examples '
         'fell from %.4f (epoch %d) to %.4f. %s', epoch, len(self._labels),
         collapse['pgd_accuracy_before'], collapse['best_epoch'], collapse['pgd_accuracy_after'],
-        f'Stopping; restoring the state of epoch {collapse["best_epoch"]} (train.co_stop).'
+        f'Stopping; restoring the state of epoch {collapse["best_epoch"]} (train.collapse_stop).'
         if self._stop else f'Training on; the state of the best epoch (now '
-        f'{collapse["best_epoch"]}) is kept (config.train.co_stop=True would stop here).')
+        f'{collapse["best_epoch"]}) is kept (config.train.collapse_stop=True would stop here).')
     if not self._stop:
       return state
     self.record['stopped'] = True
@@ -161,5 +161,5 @@ class CollapseMonitor:
       self._best.close()
 
   def results(self) -> dict:
-    """{'co_monitor': the record} for results.json, or {} when off."""
-    return {'co_monitor': self.record} if self.enabled else {}
+    """{'collapse_monitor': the record} for results.json, or {} when off."""
+    return {'collapse_monitor': self.record} if self.enabled else {}
