@@ -7,6 +7,9 @@ Writes next to the JSON:
                               run, a colour per method (and a marker per eps).
   <suite>_pgd_per_epoch.png   PGD accuracy on the periodic evaluation subset after each epoch,
                               one line per run: catastrophic overfitting shows as a collapse.
+                              Suites of several seeds per program (--num_seeds > 1): one panel
+                              per (method, eps), one thin line per seed, and a cross at each
+                              epoch where the collapse monitor saw a collapse.
 """
 
 import json
@@ -74,13 +77,54 @@ def pgd_per_epoch(runs: list[dict], path: str):
   plt.close(figure)
 
 
+def pgd_per_epoch_by_seed(runs: list[dict], path: str):
+  """One panel per (method, eps): the periodic PGD accuracy (%) against the epoch, a thin
+  line per seed, a cross where the collapse monitor saw a collapse start (the run record's
+  'collapse_epochs')."""
+  groups = {}
+  for run in runs:
+    groups.setdefault((run['method'], run['eps']), []).append(run)
+  columns = min(len(groups), 4)
+  rows = -(-len(groups) // columns)
+  figure, panels = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), squeeze=False,
+                                sharey=True)
+  palette = matplotlib.colormaps['tab10']
+  for axes, ((method, eps), group) in zip(panels.flat, groups.items()):
+    collapsed = 0
+    for i, run in enumerate(group):
+      history = {h['epoch']: 100 * h['pgd_accuracy'] for h in run['history']
+                 if 'pgd_accuracy' in h}
+      axes.plot(list(history), list(history.values()), color=palette(i % palette.N),
+                linewidth=0.9, label=f'seed {run.get("seed", i)}')
+      marks = [epoch for epoch in run.get('collapse_epochs') or [] if epoch in history]
+      axes.plot(marks, [history[epoch] for epoch in marks], linestyle='none', marker='x',
+                markersize=8, color=palette(i % palette.N))
+      collapsed += bool(run.get('collapsed'))
+    axes.set_title(f'{method}, eps {eps:.4g}: collapsed {collapsed} of {len(group)}', fontsize=9)
+    axes.set_xlabel('epoch')
+    axes.grid(alpha=0.3)
+  for axes in panels[:, 0]:
+    axes.set_ylabel('PGD accuracy, periodic subset (%)')
+  for axes in list(panels.flat)[len(groups):]:
+    axes.axis('off')
+  panels.flat[0].legend(fontsize=7)
+  figure.suptitle('x: epoch where the collapse monitor saw a collapse', fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
 def main(path: str):
   """Writes both plots for the suite results at `path`."""
   with open(path) as f:
-    runs = json.load(f)['runs']
+    results = json.load(f)
+  runs = results['runs']
   stem = os.path.splitext(path)[0]
   robust_vs_time(runs, f'{stem}_robust_vs_time.png')
-  pgd_per_epoch(runs, f'{stem}_pgd_per_epoch.png')
+  if results['settings'].get('num_seeds', 1) > 1:
+    pgd_per_epoch_by_seed(runs, f'{stem}_pgd_per_epoch.png')
+  else:
+    pgd_per_epoch(runs, f'{stem}_pgd_per_epoch.png')
 
 
 if __name__ == '__main__':
