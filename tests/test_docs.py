@@ -11,6 +11,7 @@ marker comments must be what benchmarks/report.py writes from benchmarks/results
 import concurrent.futures
 import functools
 import glob
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from latentadv import base_config
 
 DOCUMENTS = ['README.md'] + sorted(
     os.path.relpath(path, REPO_ROOT) for path in glob.glob(os.path.join(REPO_ROOT, 'docs', '*.md')))
+NOTEBOOK = os.path.join('notebooks', 'quickstart.ipynb')
 
 _FENCE = re.compile(r'^```.*?^```', re.DOTALL | re.MULTILINE)
 _INLINE_CODE = re.compile(r'`[^`\n]+`')
@@ -33,8 +35,12 @@ _HELP_FLAG = re.compile(r'^\s+(?:-\S,)?--(\[no\])?([\w.-]+):')
 
 
 def _read(path: str) -> str:
+  """The Markdown of a document: the file itself, or a notebook's markdown cells."""
   with open(os.path.join(REPO_ROOT, path)) as f:
-    return f.read()
+    if not path.endswith('.ipynb'):
+      return f.read()
+    cells = json.load(f)['cells']
+  return '\n\n'.join(''.join(cell['source']) for cell in cells if cell['cell_type'] == 'markdown')
 
 
 def _slug(heading: str) -> str:
@@ -76,9 +82,9 @@ def _link_problem(document: str, target: str) -> str | None:
 
 
 def test_relative_links_and_images_resolve():
-  """Every relative link and image of README.md and docs/*.md names an existing file (and
-  heading, for a Markdown file)."""
-  problems = [problem for document in DOCUMENTS for target in _links(document)
+  """Every relative link and image of README.md, docs/*.md and the notebook's prose names an
+  existing file (and heading, for a Markdown file)."""
+  problems = [problem for document in DOCUMENTS + [NOTEBOOK] for target in _links(document)
               if (problem := _link_problem(document, target))]
   assert not problems, 'Broken links:\n' + '\n'.join(problems)
 
@@ -98,7 +104,7 @@ def _commands() -> list[tuple[str, str, list[str]]]:
   """(document, program, flags) of every latentadv or benchmarks command shown; the program
   is 'latentadv.x' or 'benchmarks/x.py'."""
   found = []
-  for document in DOCUMENTS:
+  for document in DOCUMENTS + [NOTEBOOK]:
     for text in _command_texts(document):
       for match in _COMMAND.finditer(text):
         command = re.split(r'&&|\|\||;|\|', text[match.end():])[0]
@@ -172,7 +178,7 @@ def test_config_overrides_name_config_keys():
   """Every `--config.<key>` shown anywhere (commands or prose) names a key of the base
   config; wildcards such as `--config.data.*` are left out."""
   keys = _config_keys()
-  problems = [f'{document}: --config.{key}' for document in DOCUMENTS
+  problems = [f'{document}: --config.{key}' for document in DOCUMENTS + [NOTEBOOK]
               for text in _command_texts(document)
               for key in re.findall(r'--config\.([\w.]+)(?![\w.]*\*)', text)
               if key.rstrip('.') not in keys]
