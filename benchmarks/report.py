@@ -32,8 +32,8 @@ flags.DEFINE_bool('check', False, 'Change nothing; exit 1 if a generated block d
                   'what the JSON files give.')
 
 # Top-level or `settings` fields of a results file that say where and when it was measured.
-_CONDITION_KEYS = ('machine', 'device', 'commit', 'date', 'status', 'jax_backend', 'jax_devices',
-                   'cpu_count', 'torch_threads', 'versions')
+_CONDITION_KEYS = ('machine', 'device', 'device_kind', 'commit', 'git_commit', 'date', 'timestamp',
+                   'status', 'jax_backend', 'jax_devices', 'cpu_count', 'torch_threads', 'versions')
 
 
 def _load(name: str) -> dict:
