@@ -1,6 +1,6 @@
 """EAE: endogenous adversarial examples in latent space (Qian et al., 2021). *Interpretation*.
 
-No public code exists; this is our reading of the paper (see METHODS.md), not the authors'
+No public code exists; this is our reading of the paper (see docs/methods.md), not the authors'
 algorithm. The model is split into its penultimate features h = features(x) (B, D) and its
 linear head z = h W + b (W: D x K). No input gradient is computed: the adversarial example
 lives in h-space and is built in closed form from the head's weights.
@@ -33,7 +33,7 @@ from latentadv.methods import common
 def default_config() -> ml_collections.ConfigDict:
   """quantile: margin quantile selecting seeds; overshoot: r is scaled by 1 + overshoot;
   eps_latent: L2 cap on r in feature units; lam: weight of the latent adversarial CE.
-  q = 0.5 is METHODS.md's default; the other values are ours (the paper gives none)."""
+  q = 0.5 and the other values are ours (the paper gives none)."""
   return ml_collections.ConfigDict(dict(quantile=0.5, overshoot=0.02, eps_latent=1.0, lam=1.0))
 
 

@@ -1,6 +1,6 @@
 """Regularised single-step AT (Vivek B.S. & Venkatesh Babu, 2020). *Interpretation*.
 
-No public code exists; this is our reading of the paper (see METHODS.md), not the authors'
+No public code exists; this is our reading of the paper (see docs/methods.md), not the authors'
 algorithm. FGSM adversarial training (zero start, step `step` x eps, projected to the eps-ball
 and [0, 1]) plus three regularisers, each on when its weight is > 0 (a term whose weight is 0
 is not computed and reported as 0). With per-example CE losses L:

@@ -18,7 +18,7 @@ Perturbations, without a random start:
               deviation of the clean tapped feature map over the batch and spatial positions
               (recorded by the taps in pass 1, a constant for differentiation).
 Pass 2 trains on the cross-entropy of the perturbed forward only; its BatchNorm statistics are
-kept. By default pass 1's are not (METHODS.md); `clean_pass_updates_bn` keeps them too, as the
+kept. By default pass 1's are not (docs/methods.md); `clean_pass_updates_bn` keeps them too, as the
 reference code does: pass 1 then runs BatchNorm in train mode and updates the running averages
 with the clean batch, and pass 2 updates them again with the perturbed one. Without it, the
 running averages only ever see perturbed inputs, which at small scale misfits clean images
