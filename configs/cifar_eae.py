@@ -6,5 +6,5 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.get_config()
-  config.method.name = 'eae'
+  base_config.set_method(config, 'eae')
   return base_config.apply_preset(config, preset)

@@ -10,6 +10,6 @@ def get_config(preset: str = ''):
   epochs and passes over the data epochs / replays times (Free-AT's N_ep / m).
   """
   config = base_config.get_config()
-  config.method.name = 'free'
+  base_config.set_method(config, 'free')
   config.method.free.replays = 8
-  return base_config.apply_preset(base_config.monitor_collapse(config), preset)
+  return base_config.apply_preset(config, preset)

@@ -11,7 +11,7 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.get_config()
-  config.method.name = 'soft_quant'
+  base_config.set_method(config, 'soft_quant')
   # 8 thresholds, 9 values per channel (about 3 bits, which keeps CIFAR-10 images
   # recognisable): a pixel on a level is 1/16 (about 2 eps) from the nearest threshold, so an
   # eps-perturbation cannot move it to another level.

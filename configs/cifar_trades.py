@@ -6,6 +6,6 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.get_config()
-  config.method.name = 'trades'
+  base_config.set_method(config, 'trades')
   config.method.attack_bn = 'eval'  # as the authors' code: the KL attack runs model.eval()
   return base_config.apply_preset(config, preset)

@@ -9,5 +9,5 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is '', 'eps2' or 'smoke'."""
   config = base_config.imagenet(base_config.get_config(), eps=2 / 255 if preset == 'eps2' else 4 / 255)
-  config.method.name = 'standard'
+  base_config.set_method(config, 'standard')
   return base_config.apply_preset(config, '' if preset == 'eps2' else preset)

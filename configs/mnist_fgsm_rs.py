@@ -6,6 +6,6 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.mnist(base_config.get_config())
-  config.method.name = 'fgsm_rs'
+  base_config.set_method(config, 'fgsm_rs')
   config.method.fgsm_rs.clip_start = False  # as the authors' MNIST code
-  return base_config.apply_preset(base_config.monitor_collapse(config), preset)
+  return base_config.apply_preset(config, preset)

@@ -6,5 +6,5 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.mnist(base_config.get_config())
-  config.method.name = 'gradalign'
-  return base_config.apply_preset(base_config.monitor_collapse(config), preset)
+  base_config.set_method(config, 'gradalign')
+  return base_config.apply_preset(config, preset)

@@ -11,7 +11,7 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.mnist(base_config.get_config())
-  config.method.name = 'pgd'
+  base_config.set_method(config, 'pgd')
   config.optim.schedule = 'constant'
   config.optim.learning_rate = 1e-4
   config.optim.batch_size = 50

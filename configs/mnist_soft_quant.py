@@ -11,7 +11,7 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.mnist(base_config.get_config())
-  config.method.name = 'soft_quant'
+  base_config.set_method(config, 'soft_quant')
   # One threshold (at 0.5): MNIST pixels sit near 0 or 1, and only a grid spacing 1/K with
   # 0.5 / K > eps = 0.3 keeps such pixels on their level under the attack, i.e. K = 1.
   config.model.soft_quant.levels = 1

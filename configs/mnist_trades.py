@@ -6,7 +6,7 @@ from latentadv import base_config
 def get_config(preset: str = ''):
   """Returns the config; `preset` is 'smoke', 'cpu' or '' (see latentadv/base_config.py)."""
   config = base_config.mnist(base_config.get_config())
-  config.method.name = 'trades'
+  base_config.set_method(config, 'trades')
   config.method.attack_bn = 'eval'  # as the authors' code: the KL attack runs model.eval()
   config.method.trades.steps = 40
   config.method.trades.step_size = 0.01

@@ -90,7 +90,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       eval_every_epochs=1,    # periodic evaluation on a fixed test subset (0 = off)
       # Catastrophic-overfitting monitor (latentadv/collapse_monitor.py): periodic PGD on the first
       # collapse_monitor_examples training examples after each epoch (0 = off, else >= 100; on in
-      # every single-step recipe, see monitor_collapse); a drop below the best of at least
+      # every recipe of a single-step method, see set_method); a drop below the best of at least
       # collapse_drop AND at least collapse_relative_drop x the best is a collapse. A collapsed run keeps
       # its best state (what load_model, evaluate and export use) and trains on to the end;
       # collapse_stop stops at the collapse instead.
@@ -189,11 +189,16 @@ def imagenet(config: ml_collections.ConfigDict, eps: float = 4 / 255
 COLLAPSE_MONITOR_EXAMPLES = {'': 1000, 'smoke': 128, 'cpu': 500}  # per preset
 
 
-def monitor_collapse(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Turns the collapse monitor on (train.collapse_monitor_examples; apply_preset sizes it): what
-  every single-step recipe does, so that a run that overfits catastrophically hands back its
-  best state, not the collapsed one."""
-  config.train.collapse_monitor_examples = COLLAPSE_MONITOR_EXAMPLES['']
+def set_method(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets config.method.name = name and the collapse monitor as the method declares: on
+  (train.collapse_monitor_examples; apply_preset sizes it) for a single-step method, so that a
+  run that overfits catastrophically hands back its best state, not the collapsed one; off
+  otherwise. Every recipe chooses its method with it."""
+  if name not in methods.METHODS:
+    raise ValueError(f'Unknown method {name!r}; registered: {", ".join(methods.METHODS)}.')
+  config.method.name = name
+  single_step = methods.METHODS[name].single_step
+  config.train.collapse_monitor_examples = COLLAPSE_MONITOR_EXAMPLES[''] if single_step else 0
   return config
 
 

@@ -44,27 +44,19 @@ from latentadv import parallel
 from latentadv import validation
 
 def choose_loop(requested: str = 'auto', backend: str | None = None) -> str:
-  """'vmap' or 'unroll' (see the module docstring) on `backend` (default: JAX's default)."""
-  if requested not in parallel.SEED_LOOPS:
-    raise validation.ConfigError(f'config.seed_loop = {requested!r} is invalid: expected one '
-                                 f'of {list(parallel.SEED_LOOPS)}.')
+  """'vmap' or 'unroll' (see the module docstring) on `backend` (default: JAX's default),
+  for a config.seed_loop that validation.validate accepted."""
   if requested != 'auto':
     return requested
   return 'unroll' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
 def choose_sharding(num_seeds: int, num_devices: int, requested: str = 'auto') -> str:
-  """'seeds' or 'data' (see the module docstring) for K = num_seeds models on num_devices.
+  """'seeds' or 'data' (see the module docstring) for K = num_seeds models on num_devices,
+  for config.num_seeds and config.seed_sharding that validation.validate accepted.
 
-  Raises validation.ConfigError for K < 1, an unknown mode, or 'seeds' with a K that the
-  devices cannot split evenly.
+  Raises validation.ConfigError for 'seeds' with a K that the devices cannot split evenly.
   """
-  if not isinstance(num_seeds, int) or num_seeds < 1:
-    raise validation.ConfigError(f'config.num_seeds = {num_seeds!r} is invalid: expected an '
-                                 'integer >= 1 (models trained side by side in one program).')
-  if requested not in parallel.SEED_SHARDINGS:
-    raise validation.ConfigError(f'config.seed_sharding = {requested!r} is invalid: expected '
-                                 f'one of {list(parallel.SEED_SHARDINGS)}.')
   if requested == 'auto':
     return 'seeds' if num_seeds > 1 and num_seeds % num_devices == 0 else 'data'
   if requested == 'seeds' and num_seeds % num_devices:

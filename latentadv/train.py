@@ -40,7 +40,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
   A method with a carry (train_state.init_carry) gets its entries in the batch; one backward
   pass gives the gradients w.r.t. params and carry, and the method updates its carry.
   """
-  update_carry = getattr(methods.METHODS[config.method.name], 'update_carry', None)
+  method = methods.METHODS[config.method.name]
   replays = minibatch_replays(config)
 
   def train_step(state: train_state.TrainState, batch, rng):
@@ -57,9 +57,7 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
 
     (_, (metrics, model_state)), (grads, carry_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.carry)
-    carry = state.carry
-    if update_carry is not None:
-      carry = update_carry(state.carry, carry_grads, config.method)
+    carry = method.update_carry(state.carry, carry_grads, config.method)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = train_state.TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            model_state=model_state, opt_state=opt_state, carry=carry)
@@ -70,11 +68,11 @@ def make_train_step(apply_fn, method_loss, tx: optax.GradientTransformation,
 
 
 def minibatch_replays(config: ml_collections.ConfigDict) -> int:
-  """Optimizer steps trained in a row on each minibatch: the method's `replays` key, else 1.
+  """Optimizer steps trained in a row on each minibatch, as the method declares (else 1).
 
   Step s trains on minibatch s // replays; `optim.epochs` counts optimizer-step epochs.
   """
-  return config.method[config.method.name].get('replays', 1)
+  return methods.METHODS[config.method.name].minibatch_replays(config.method)
 
 
 def jit_train_step(train_step, state: train_state.TrainState, mesh,

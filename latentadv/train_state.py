@@ -24,7 +24,7 @@ class TrainState:
   params: Any
   model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
   opt_state: Any
-  # A method's persistent per-example state (see `init_carry`); {} for most methods.
+  # A method's persistent per-example state (its declared Carry); {} for most methods.
   carry: Any = flax.struct.field(default_factory=dict)
 
   def variables(self) -> dict:
@@ -95,15 +95,12 @@ def build_model(config: ml_collections.ConfigDict):
 def init_carry(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dict:
   """The initial carry of config.method for global batches of images (H, W, C).
 
-  A method with a carry defines `init_carry(batch_shape, method_config)` and
-  `update_carry(carry, carry_grad, method_config)`: the trainer passes the carry's entries to
-  its loss as batch entries, differentiates the loss w.r.t. params and carry in one backward
-  pass and stores the updated carry. Other methods have the empty carry {}.
+  A method that declares a carry (methods/base.py: Carry) gets its entries in the batch; the
+  trainer differentiates the loss w.r.t. params and carry in one backward pass and stores the
+  updated carry. Other methods have the empty carry {}.
   """
-  method = methods.METHODS[config.method.name]
-  if not hasattr(method, 'init_carry'):
-    return {}
-  return method.init_carry((config.optim.batch_size, *image_shape), config.method)
+  return methods.METHODS[config.method.name].init_carry(
+      (config.optim.batch_size, *image_shape), config.method)
 
 
 def init_state(model, tx: optax.GradientTransformation, rng: jax.Array,

@@ -51,7 +51,6 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'model.resnet50.init', models.RESNET50_INITS)
   _one_of(config, 'method.name', methods.METHODS)
   _one_of(config, 'method.attack_bn', ('train', 'eval'))
-  _one_of(config, 'method.slat.eps_h_scale', methods.slat.EPS_H_SCALES)
   _one_of(config, 'optim.optimizer', ('sgd', 'adam'))
   _one_of(config, 'optim.schedule', ('cyclic', 'piecewise', 'cosine', 'constant', 'interpolate'))
   fractions = [point[0] for point in config.optim.interpolate_points]
@@ -63,7 +62,6 @@ def validate(config: ml_collections.ConfigDict):
   _one_of(config, 'eval.norm', norms.NORMS)
   _one_of(config, 'eval.attack_loops', loops.LOOPS)
   _one_of(config, 'method.norm', norms.NORMS)
-  _validate_method_norm(config.method)
   if config.data.source == 'local':
     _require(bool(config.data.dir), 'data.dir', config.data.dir,
              'a directory with the dataset files when data.source is "local"')
@@ -99,39 +97,36 @@ def validate(config: ml_collections.ConfigDict):
            'an integer >= 0 (0 = the whole test set)')
   _validate_soft_quant(config)
   _validate_collapse_monitor(config.train, config.data)
-  quantile = config.method.eae.quantile
-  _require(0 <= quantile <= 1, 'method.eae.quantile', quantile, 'a fraction in [0, 1]')
-  replays = config.method.free.replays
-  _require(isinstance(replays, int) and replays >= 1, 'method.free.replays', replays,
-           'an integer >= 1 (1 = no replay)')
+  _validate_method(config)
+
+
+_NORM_NAMES = {'linf': 'L-inf', 'l2': 'L2'}
+
+
+def _validate_method(config: ml_collections.ConfigDict):
+  """The keys of method config.method.name, as its declaration (methods/base.py) says: a
+  threat model among its `norms`, numbers >= 0 in its sub-config, and its own `check`."""
   name = config.method.name
+  method = methods.METHODS[name]
+  with_l2 = sorted(other.name for other in methods.METHODS.values() if 'l2' in other.norms)
+  defined = ' and '.join(_NORM_NAMES.get(norm, norm) for norm in method.norms)
+  _require(config.method.norm in method.norms, 'method.norm', config.method.norm,
+           f'one of {list(method.norms)}: method {name} defines only the {defined} threat '
+           f"model (methods with an L2 version: {', '.join(with_l2)})")
   for key, value in config.method[name].items():
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       _require(value >= 0, f'method.{name}.{key}', value, 'a number >= 0')
-
-
-def _validate_method_norm(method: ml_collections.ConfigDict):
-  """config.method.norm: a threat model that method config.method.name defines (its NORMS)."""
-  defined = getattr(methods.METHODS[method.name], 'NORMS', ('linf',))
-  with_l2 = sorted(name for name, module in methods.METHODS.items()
-                   if 'l2' in getattr(module, 'NORMS', ()))
-  _require(method.norm in defined, 'method.norm', method.norm,
-           f"'linf': method {method.name} defines only the L-inf threat model (methods with "
-           f"an L2 version: {', '.join(with_l2)})")
+  if method.check is not None:
+    method.check(config, _require)
 
 
 def _validate_soft_quant(config: ml_collections.ConfigDict):
-  """The soft-quantisation layer's keys, and the quantiser that method soft_quant needs."""
+  """The soft-quantisation layer's keys (model.soft_quant)."""
   levels = config.model.soft_quant.levels
   _require(isinstance(levels, int) and levels >= 0, 'model.soft_quant.levels', levels,
            'an integer >= 0 (0 = no quantiser)')
   _require(config.model.soft_quant.temperature > 0, 'model.soft_quant.temperature',
            config.model.soft_quant.temperature, 'a number > 0 (pixel units)')
-  _one_of(config, 'method.soft_quant.noise', methods.soft_quant.NOISES)
-  if config.method.name == 'soft_quant':
-    _require(levels > 0, 'model.soft_quant.levels', levels,
-             'levels > 0 with method soft_quant, which trains the soft-quantised model: set '
-             'config.model.soft_quant.levels (e.g. --config.model.soft_quant.levels=2)')
 
 
 _MIN_MONITOR_EXAMPLES = 100

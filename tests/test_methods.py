@@ -1,10 +1,13 @@
 """Training methods: each step's contract, and SLAT's single backward pass."""
 
+import dataclasses
 import functools
+import os
 
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -12,9 +15,13 @@ import pytest
 from latentadv import base_config
 from latentadv import methods
 from latentadv import models
+from latentadv import train
+from latentadv import validation
 from latentadv.methods import common
 from latentadv.methods import fgsm_rs
 from latentadv.methods import slat
+
+from conftest import DATA_ROOT
 
 
 def _setup(model_name='preact_resnet18', method='standard', batch=4):
@@ -247,3 +254,85 @@ def test_slat_feature_std_radius_is_eps_h_times_the_channel_std_over_the_referen
     np.testing.assert_allclose(np.abs(np.asarray(deltas[tap])).max(axis=(0, 1, 2)), expected,
                                rtol=1e-4)
     assert expected.max() / expected.min() > 1.05  # the channels' radii really differ
+
+
+def _noise_loss(apply_fn, params, model_state, batch, rng, config):
+  """Cross-entropy at batch['image'] (B, H, W, C) plus uniform noise of radius scale * eps."""
+  noise_rng, train_rng = jax.random.split(rng)
+  x, radius = batch['image'], config.noise.scale * config.eps
+  x = jnp.clip(x + jax.random.uniform(noise_rng, x.shape, x.dtype, -radius, radius), 0.0, 1.0)
+  return common.train_on(apply_fn, params, model_state, x, batch['label'], train_rng)
+
+
+def _noise_check(config, require):
+  scale = config.method.noise.scale
+  require(scale <= 1, 'method.noise.scale', scale, 'a fraction of eps in [0, 1]')
+
+
+# The toy method of docs/adding_a_method.md.
+NOISE = methods.Method(name='noise', loss=_noise_loss,
+                       default_config=lambda: ml_collections.ConfigDict(dict(scale=0.5)),
+                       check=_noise_check)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+  """methods.METHODS as it is, restored after the test (which may register methods)."""
+  monkeypatch.setattr(methods, 'METHODS', dict(methods.METHODS))
+  return methods.METHODS
+
+
+def _noise_recipe(preset='smoke'):
+  """What configs/mnist_noise.py would return, on the local MNIST files."""
+  config = base_config.set_method(base_config.mnist(base_config.get_config()), 'noise')
+  config.data.source, config.data.dir = 'local', os.path.join(DATA_ROOT, 'mnist')
+  return base_config.apply_preset(config, preset)
+
+
+def test_a_method_registered_through_the_public_api_trains_on_the_smoke_preset(registry,
+                                                                               tmp_path):
+  assert methods.register(NOISE) is NOISE and registry['noise'] is NOISE
+  config = _noise_recipe()
+  assert config.method.noise.scale == 0.5 and config.train.collapse_monitor_examples == 0
+  config.optim.epochs, config.train.eval_every_epochs = 1, 0
+  config.eval.n_examples, config.eval.pgd_steps, config.eval.pgd_restarts = 64, 2, 1
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['method'] == 'noise' and results['steps'] == 512 // 64
+  assert np.isfinite(results['history'][-1]['train_loss'])
+  assert results['final']['n_examples'] == 64
+  config.method.noise.scale = 2.0
+  with pytest.raises(validation.ConfigError, match=r'config\.method\.noise\.scale = 2\.0'):
+    validation.validate(config)
+
+
+def test_the_declaration_sets_the_recipes_collapse_monitor(registry):
+  methods.register(dataclasses.replace(NOISE, single_step=True))
+  assert _noise_recipe().train.collapse_monitor_examples == (
+      base_config.COLLAPSE_MONITOR_EXAMPLES['smoke'])
+  assert _noise_recipe('').train.collapse_monitor_examples == (
+      base_config.COLLAPSE_MONITOR_EXAMPLES[''])
+  for name, method in registry.items():
+    config = base_config.set_method(base_config.get_config(), name)
+    assert bool(config.train.collapse_monitor_examples) == method.single_step, name
+
+
+@pytest.mark.parametrize('name', ['standard', 'eps', 'not-an-identifier'])
+def test_register_rejects_a_name_that_is_taken_or_unusable(registry, name):
+  with pytest.raises(ValueError, match=repr(name)):
+    methods.register(dataclasses.replace(NOISE, name=name))
+  assert registry['standard'] is methods.standard.METHOD
+
+
+def test_the_trainer_reads_carry_and_replays_from_the_declaration():
+  config = base_config.set_method(base_config.get_config(), 'free')
+  config.method.free.replays = 3
+  assert train.minibatch_replays(config) == 3
+  assert train.minibatch_replays(base_config.set_method(config, 'standard')) == 1
+  free = methods.METHODS['free']
+  carry = free.init_carry((2, 4, 4, 1), config.method)
+  chex.assert_shape(carry['perturbation'], (2, 4, 4, 1))
+  grad = {'perturbation': jnp.ones((2, 4, 4, 1))}
+  stepped = free.update_carry(carry, grad, config.method)
+  np.testing.assert_allclose(stepped['perturbation'], config.method.eps)
+  assert methods.METHODS['standard'].init_carry((2, 4, 4, 1), config.method) == {}
+  assert methods.METHODS['standard'].update_carry({}, {}, config.method) == {}

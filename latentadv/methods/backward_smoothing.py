@@ -13,6 +13,7 @@ mode: CE(f(x), y) + beta * KL(softmax(f(x)) || softmax(f(x'))), batch-mean KL, b
 import jax
 import ml_collections
 
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -39,3 +40,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   _, x_adv = adversarial_example(logits_fn, x, noise_rng, eps=config.eps,
                                  step_size=cfg.step * config.eps, gamma=cfg.gamma)
   return common.trades_loss(apply_fn, params, model_state, x, x_adv, y, train_rng, cfg.beta)
+
+
+METHOD = base.Method(name='backward_smoothing', loss=loss, default_config=default_config)

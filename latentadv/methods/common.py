@@ -1,15 +1,14 @@
 """Building blocks shared by the training methods: forward passes, CE, KL and gradient cosine.
 
-A method is a pure function
+A method module declares one `Method` (methods/base.py) whose `loss` is a pure function
   loss(apply_fn, params, model_state, batch, rng, config) -> (loss, metrics, new_model_state)
 where apply_fn is a Flax `model.apply`, model_state holds the non-trainable collections
 (BatchNorm statistics), batch = {'image': (B, H, W, C) float32 in [0, 1], 'label': (B,) int32}
-and config is the run's `config.method` (shared keys such as `eps` and `norm`, plus one
-sub-config per method). The trainer differentiates `loss` with respect to params.
-
-A method module with an L2 version sets NORMS = ('linf', 'l2') and reads config.norm (the
-threat model: 'linf' or 'l2', see attacks/norms.py); without NORMS a method defines only the
-L-inf threat model, and validation rejects config.method.norm = 'l2' for it.
+(plus the entries of the method's carry, if it declares one) and config is the run's
+`config.method` (shared keys such as `eps` and `norm`, plus one sub-config per method). The
+trainer differentiates `loss` with respect to params and logs the metrics (scalars). A method
+whose declaration lists 'l2' in its `norms` reads config.norm (the threat model, see
+attacks/norms.py); the others define only L-inf.
 """
 
 from typing import Any, Callable, Mapping

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -84,3 +85,12 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   total = ce + cfg.lam * latent_ce
   return total, {'loss': total, 'accuracy': common.accuracy(logits, y), 'ce': ce,
                  'latent_ce': latent_ce, 'seed_fraction': seed_count / y.shape[0]}, new_state
+
+
+def check(config, require: base.Require):
+  """config.method.eae.quantile is a fraction."""
+  quantile = config.method.eae.quantile
+  require(0 <= quantile <= 1, 'method.eae.quantile', quantile, 'a fraction in [0, 1]')
+
+
+METHOD = base.Method(name='eae', loss=loss, default_config=default_config, check=check)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from latentadv.attacks import pgd
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -22,3 +23,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x_adv = pgd.project(x + config.fgsm.step * config.eps * jnp.sign(grad), x, config.eps)
   return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
                          train_rng)
+
+
+METHOD = base.Method(name='fgsm', loss=loss, default_config=default_config, single_step=True)

@@ -17,10 +17,8 @@ import jax
 import ml_collections
 
 from latentadv.attacks import norms
+from latentadv.methods import base
 from latentadv.methods import common
-
-NORMS = norms.NORMS
-
 
 def default_config() -> ml_collections.ConfigDict:
   """step: the step (sign for L-inf, normalised gradient for L2) as a multiple of eps (1.25
@@ -50,3 +48,7 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x_adv = perturb(apply_fn, params, model_state, batch['image'], batch['label'], attack_rng,
                   config)
   return common.train_on(apply_fn, params, model_state, x_adv, batch['label'], train_rng)
+
+
+METHOD = base.Method(name='fgsm_rs', loss=loss, default_config=default_config,
+                     norms=norms.NORMS, single_step=True)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -52,3 +53,20 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   delta = batch.get('perturbation', jnp.zeros_like(x))
   return common.train_on(apply_fn, params, model_state, jnp.clip(x + delta, 0.0, 1.0),
                          batch['label'], rng)
+
+
+def replays(config) -> int:
+  """Optimizer steps on each minibatch: config.method.free.replays (m)."""
+  return config.free.replays
+
+
+def check(config, require: base.Require):
+  """config.method.free.replays is a positive integer."""
+  value = config.method.free.replays
+  require(isinstance(value, int) and value >= 1, 'method.free.replays', value,
+          'an integer >= 1 (1 = no replay)')
+
+
+METHOD = base.Method(name='free', loss=loss, default_config=default_config, single_step=True,
+                     carry=base.Carry(init=init_carry, update=update_carry), replays=replays,
+                     check=check)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from latentadv.attacks import pgd
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -46,3 +47,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
                                            jax.lax.stop_gradient(x_adv), y, train_rng)
   total = ce + cfg.lam * (1.0 - cos)
   return total, {**metrics, 'loss': total, 'ce': ce, 'cos': cos}, new_state
+
+
+METHOD = base.Method(name='gradalign', loss=loss, default_config=default_config, single_step=True)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -35,3 +36,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
                          config.n_fgsm.step)
   return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
                          train_rng)
+
+
+METHOD = base.Method(name='n_fgsm', loss=loss, default_config=default_config, single_step=True)

@@ -10,9 +10,8 @@ import ml_collections
 
 from latentadv.attacks import norms
 from latentadv.attacks import pgd
+from latentadv.methods import base
 from latentadv.methods import common
-
-NORMS = norms.NORMS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -30,3 +29,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
                   steps=config.pgd.steps, random_start=True, norm=config.norm)
   return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
                          train_rng)
+
+
+METHOD = base.Method(name='pgd', loss=loss, default_config=default_config, norms=norms.NORMS)

@@ -27,6 +27,7 @@ import ml_collections
 import optax
 
 from latentadv.attacks import pgd
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -87,3 +88,8 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   return total, {'loss': total, 'accuracy': common.accuracy(adv_logits, y), 'ce': ce,
                  'logit_pairing': logit_pairing, 'random_start_gap': random_start_gap,
                  'linearity': linearity}, new_state
+
+
+# Its regularisers are its defence against catastrophic overfitting: its recipes run without
+# the collapse monitor (single_step=False).
+METHOD = base.Method(name='single_step_reg', loss=loss, default_config=default_config)

@@ -32,6 +32,7 @@ import optax
 from ml_collections import config_dict
 
 from latentadv import models
+from latentadv.methods import base
 from latentadv.methods import common
 from latentadv.models import taps
 
@@ -128,3 +129,14 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x_adv, deltas, _, model_state = perturb(apply_fn, params, model_state, x, y, attack_rng,
                                           config)
   return common.train_on(apply_fn, params, model_state, x_adv, y, train_rng, perturbations=deltas)
+
+
+def check(config, require: base.Require):
+  """config.method.slat.eps_h_scale names a scale of EPS_H_SCALES."""
+  scale = config.method.slat.eps_h_scale
+  require(scale in EPS_H_SCALES, 'method.slat.eps_h_scale', scale,
+          f'one of {sorted(EPS_H_SCALES)}')
+
+
+METHOD = base.Method(name='slat', loss=loss, default_config=default_config, single_step=True,
+                     check=check)

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import optax
 
+from latentadv.methods import base
 from latentadv.methods import common
 from latentadv.methods import slat
 
@@ -42,3 +43,7 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   total = ce + config.slat_ga.coeff * (1.0 - cos)
   return total, {'loss': total, 'accuracy': common.accuracy(logits, y), 'ce': ce,
                  'cos': cos}, new_state
+
+
+METHOD = base.Method(name='slat_ga', loss=loss, default_config=default_config,
+                     single_step=True, check=slat.check)  # it reads config.method.slat

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from latentadv.methods import base
 from latentadv.methods import common
 
 NOISES = ('gaussian', 'uniform')
@@ -39,3 +40,16 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x = noisy_input(batch['image'], noise_rng, config.soft_quant.noise, config.soft_quant.sigma,
                   config.eps)
   return common.train_on(apply_fn, params, model_state, x, batch['label'], train_rng)
+
+
+def check(config, require: base.Require):
+  """The noise is one of NOISES, and the model has the soft-quantisation layer it trains."""
+  noise = config.method.soft_quant.noise
+  require(noise in NOISES, 'method.soft_quant.noise', noise, f'one of {sorted(NOISES)}')
+  levels = config.model.soft_quant.levels
+  require(levels > 0, 'model.soft_quant.levels', levels,
+          'levels > 0 with method soft_quant, which trains the soft-quantised model: set '
+          'config.model.soft_quant.levels (e.g. --config.model.soft_quant.levels=2)')
+
+
+METHOD = base.Method(name='soft_quant', loss=loss, default_config=default_config, check=check)

@@ -14,6 +14,7 @@ import ml_collections
 
 from latentadv.attacks import loops
 from latentadv.attacks import pgd
+from latentadv.methods import base
 from latentadv.methods import common
 
 
@@ -43,3 +44,6 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x_adv = adversarial_example(logits_fn, x, init_rng, eps=config.eps, steps=cfg.steps,
                               step_size=cfg.step_size, init_std=cfg.init_std)
   return common.trades_loss(apply_fn, params, model_state, x, x_adv, y, train_rng, cfg.beta)
+
+
+METHOD = base.Method(name='trades', loss=loss, default_config=default_config)
