@@ -30,14 +30,14 @@ ADAPTIVE_SUITES = ('autoattack',)
 
 
 def attack_names(suite: str | Sequence[str]) -> tuple[str, ...]:
-  """The attacks of `suite`: a name in SUITES, or a sequence of names in ATTACKS."""
+  """The attacks of `suite`: a name in SUITES, or a sequence of distinct names in ATTACKS."""
   if isinstance(suite, str):
     if suite not in SUITES:
       raise ValueError(f'Unknown suite {suite!r}; valid suites: {", ".join(SUITES)}.')
     return SUITES[suite]
   unknown = [name for name in suite if name not in ATTACKS]
-  if unknown or not suite:
-    raise ValueError(f'Unknown attacks {unknown} in suite {list(suite)}; valid attacks: '
+  if unknown or not suite or len(set(suite)) < len(suite):
+    raise ValueError(f'Suite {list(suite)} must name distinct attacks, each one of '
                      f'{", ".join(ATTACKS)}.')
   return tuple(suite)
 
