@@ -366,3 +366,16 @@ def test_an_interrupted_evaluation_resumes_to_the_files_of_an_uninterrupted_one(
   assert 'other settings (changed: attacks); starting afresh' in caplog.text
   assert 'Resuming' not in caplog.text
   assert other[0]['attacks']['pgd']['steps'] == 2
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(batch_size=12), 'batch_size = 12 must be divisible'),
+    (dict(settings={'apdg': {'steps': 5}}), 'apdg'),
+    (dict(settings={'apgd': {'step': 5}}), 'step'),
+    (dict(suite='autoatack'), 'autoatack'),
+    (dict(norm='l1'), 'l1')])
+def test_robustness_names_a_bad_argument(kwargs, message):
+  images, labels = np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int32)
+  with pytest.raises((ValueError, KeyError, AttributeError), match=message):
+    latentadv.robustness(lambda x: x.reshape(4, -1)[:, :10], images, labels, eps=0.1,
+                         **kwargs)

@@ -54,6 +54,8 @@ def robustness(logits_fn, images: np.ndarray, labels: np.ndarray, *, eps: float,
                        f'{", ".join(registry.SETTINGS)}.')
     eval_config[key].update(values)
   attacks = registry.build_suite(suite, eval_config, eps)
-  evaluator = Evaluator(lambda variables, x, train: logits_fn(x), parallel.make_mesh(),
-                        attacks, eps=eps, batch_size=batch_size)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(batch_size, 'batch_size', mesh)
+  evaluator = Evaluator(lambda variables, x, train: logits_fn(x), mesh, attacks, eps=eps,
+                        batch_size=batch_size)
   return evaluator.evaluate({}, images, labels, jax.random.key(seed))
