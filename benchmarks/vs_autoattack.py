@@ -4,7 +4,7 @@ r"""Our evaluator against the tools users would pick instead: same model, same p
       --data_dir=../shared/data/cifar10 --output=FILE.json
 
 On the first --n_examples test points of the workdir's dataset, with the latest checkpoint of
---workdir and the config saved there (overridable: --config.eval.apgd_steps=10 ...), it runs two
+--workdir and the config saved there (overridable: --config.eval.apgd.steps=10 ...), it runs two
 comparisons and times both sides:
   autoattack  ours: latentadv's `autoattack` suite (APGD-CE -> APGD-T -> FAB-T -> Square, with
               config.eval's settings); reference: AutoAttack (Croce & Hein 2020) on the model
@@ -14,7 +14,7 @@ comparisons and times both sides:
               100 FAB-T steps, 9 targets, 1 restart; 5,000 Square queries, p_init 0.8), e.g. to
               make a check quick, the reference runs version='custom' with the same settings,
               and the JSON and the table say so.
-  pgd         ours: the `pgd` suite (PGD-k-r, step config.eval.step_size x eps, cross-entropy);
+  pgd         ours: the `pgd` suite (PGD-k-r, step config.eval.pgd.step_size x eps, cross-entropy);
               reference: foolbox 3's LinfPGD (L2PGD in L2) on the exported model, k steps of
               abs_stepsize step_size x eps from a random start, run r times on the points no
               earlier run fooled. Ours counts a point fooled if ANY iterate is, foolbox only
@@ -92,7 +92,7 @@ from latentadv import evaluate
 from latentadv import export
 from latentadv import parallel
 from latentadv import train_state
-from latentadv.attacks import SUITES
+from latentadv.attacks import registry
 from latentadv.data import readers
 
 FLAGS = flags.FLAGS
@@ -111,12 +111,12 @@ flags.DEFINE_string('output', None, 'Where to write the JSON results (the .md an
 flags.mark_flag_as_required('workdir')
 config_flags.DEFINE_config_dict(
     'config', base_config.get_config(),
-    'Overrides of the saved config, e.g. --config.eval.apgd_steps=10 --config.eval.batch_size=250.')
+    'Overrides of the saved config, e.g. --config.eval.apgd.steps=10 --config.eval.batch_size=250.')
 
 # AutoAttack's standard version (autoattack.py, set_version('standard')) in config.eval's terms.
-AUTOATTACK_STANDARD = {'apgd_steps': 100, 'apgd_restarts': 1, 'apgd_targets': 9,
-                       'fab_steps': 100, 'fab_targets': 9, 'fab_restarts': 1,
-                       'square_queries': 5000, 'square_p_init': 0.8}
+AUTOATTACK_STANDARD = {'apgd.steps': 100, 'apgd.restarts': 1, 'apgd.targets': 9,
+                       'fab.steps': 100, 'fab.targets': 9, 'fab.restarts': 1,
+                       'square.queries': 5000, 'square.p_init': 0.8}
 REFERENCE_SEED = 0
 TORCH_NORMS = {'linf': 'Linf', 'l2': 'L2'}
 FOOLBOX_PGD = {'linf': foolbox.attacks.LinfPGD, 'l2': foolbox.attacks.L2PGD}
@@ -145,12 +145,12 @@ def check_comparable(config: ml_collections.ConfigDict):
   """Raises app.UsageError for settings the references cannot match: a loss other than
   cross-entropy (foolbox's PGD ascends cross-entropy) or FAB-T restarts (AutoAttack runs FAB-T
   once per target)."""
-  if config.eval.loss != 'ce':
-    raise app.UsageError(f'config.eval.loss is {config.eval.loss!r}: foolbox\'s PGD ascends the '
-                         'cross-entropy, so compare with --config.eval.loss=ce.')
-  if config.eval.fab_restarts != 1:
+  if config.eval.pgd.loss != 'ce':
+    raise app.UsageError(f'config.eval.pgd.loss is {config.eval.pgd.loss!r}: foolbox\'s PGD '
+                         'ascends the cross-entropy, so compare with --config.eval.pgd.loss=ce.')
+  if config.eval.fab.restarts != 1:
     raise app.UsageError('AutoAttack runs FAB-T once per target: compare with '
-                         '--config.eval.fab_restarts=1.')
+                         '--config.eval.fab.restarts=1.')
 
 
 def ours(suite: str, apply_fn, variables, config: ml_collections.ConfigDict,
@@ -173,7 +173,7 @@ def ours(suite: str, apply_fn, variables, config: ml_collections.ConfigDict,
   for _ in range(FLAGS.our_runs):
     jax.clear_caches()
     evaluator = evaluate.Evaluator(apply_fn, parallel.make_mesh(),
-                                   evaluate.suite_attacks(suite, config.eval, config.method.eps),
+                                   registry.build_suite(suite, config.eval, config.method.eps),
                                    eps=config.method.eps, batch_size=config.eval.batch_size)
     runs.append(evaluator.evaluate(variables, images, labels, rng))
   (first, first_examples), (record, per_example) = runs[0], runs[-1]
@@ -218,19 +218,19 @@ def set_custom_settings(adversary, settings: dict):
   order, with `settings` (AUTOATTACK_STANDARD's keys) instead of the standard values. APGD and
   APGD-T are rebuilt like AutoAttack builds them, since APGD fixes its step-size checkpoints
   from n_iter at construction; FAB-T and Square read theirs when they run."""
-  adversary.attacks_to_run = list(SUITES['autoattack'])  # AutoAttack's names, in its order
+  adversary.attacks_to_run = list(registry.SUITES['autoattack'])  # AutoAttack's names, in its order
   apgd, targeted = adversary.apgd, adversary.apgd_targeted
   common = dict(norm=apgd.norm, eps=apgd.eps, seed=apgd.seed, eot_iter=apgd.eot_iter,
                 rho=apgd.thr_decr, device=apgd.device, logger=apgd.logger)
-  adversary.apgd = type(apgd)(adversary.model, n_iter=settings['apgd_steps'],
-                              n_restarts=settings['apgd_restarts'], **common)
-  adversary.apgd_targeted = type(targeted)(adversary.model, n_iter=settings['apgd_steps'],
+  adversary.apgd = type(apgd)(adversary.model, n_iter=settings['apgd.steps'],
+                              n_restarts=settings['apgd.restarts'], **common)
+  adversary.apgd_targeted = type(targeted)(adversary.model, n_iter=settings['apgd.steps'],
                                            n_restarts=1,
-                                           n_target_classes=settings['apgd_targets'], **common)
-  adversary.fab.n_iter = settings['fab_steps']
-  adversary.fab.n_target_classes = settings['fab_targets']
-  adversary.square.n_queries = settings['square_queries']
-  adversary.square.p_init = settings['square_p_init']
+                                           n_target_classes=settings['apgd.targets'], **common)
+  adversary.fab.n_iter = settings['fab.steps']
+  adversary.fab.n_target_classes = settings['fab.targets']
+  adversary.square.n_queries = settings['square.queries']
+  adversary.square.p_init = settings['square.p_init']
 
 
 def reference_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -243,7 +243,8 @@ def reference_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tens
   seconds, robust_accuracy, version, settings, implementation, per_attack {attack: robust
   accuracy after it and its seconds, from AutoAttack's report}, log (its messages).
   """
-  settings = {key: config.eval[key] for key in AUTOATTACK_STANDARD}
+  settings = {key: config.eval[key.split('.')[0]][key.split('.')[1]]
+              for key in AUTOATTACK_STANDARD}
   version = 'standard' if settings == AUTOATTACK_STANDARD else 'custom'
   auto_attack, implementation = autoattack_class()
   batch_size = config.eval.batch_size
@@ -276,15 +277,15 @@ def reference_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tens
 def reference_pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   config: ml_collections.ConfigDict) -> tuple[dict, np.ndarray]:
   """foolbox's PGD (LinfPGD or L2PGD, config.eval.norm) with our pgd suite's steps, step size
-  (step_size x eps, absolute) and random start, config.eval.pgd_restarts runs, each on the
+  (step_size x eps, absolute) and random start, config.eval.pgd.restarts runs, each on the
   points still robust, in batches of config.eval.batch_size, on the torch module.
 
   Returns (summary, robust (N,) bool: classified correctly and fooled by no run). summary:
   seconds (including the clean pass), robust_accuracy, implementation, settings.
   """
   eval_config, eps = config.eval, config.method.eps
-  settings = dict(steps=eval_config.pgd_steps, abs_stepsize=eval_config.step_size * eps,
-                  random_start=True, restarts=eval_config.pgd_restarts)
+  settings = dict(steps=eval_config.pgd.steps, abs_stepsize=eval_config.pgd.step_size * eps,
+                  random_start=True, restarts=eval_config.pgd.restarts)
   attack = FOOLBOX_PGD[eval_config.norm](steps=settings['steps'],
                                         abs_stepsize=settings['abs_stepsize'], random_start=True)
   model = foolbox.PyTorchModel(module, bounds=(0, 1), device='cpu')

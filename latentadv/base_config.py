@@ -11,6 +11,7 @@ import ml_collections
 
 from latentadv import methods
 from latentadv import models
+from latentadv.attacks import registry as attacks_registry
 
 PRESETS = ('', 'smoke', 'cpu')
 
@@ -101,27 +102,21 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
-      suite='pgd',            # evaluate.py: pgd, apgd-ce, apgd-t, fab-t, square, bpda, autoattack
+      suite='pgd',            # attacks/registry.py: pgd, apgd-ce, apgd-t, fab-t, square, bpda,
+                              # autoattack
       norm='linf',            # threat model of the attacks: 'linf' or 'l2' (eps: method.eps)
       batch_size=500,
-      attack_loops='auto',    # step loops: 'auto' (= 'rolled'), 'rolled', 'unrolled'
+      attack_loops='rolled',  # step loops: 'rolled' or 'unrolled' (attacks/loops.py)
       n_examples=0,           # final evaluation on the first n test examples (0 = all)
-      pgd_steps=50,
-      pgd_restarts=10,
-      step_size=0.25,         # PGD step as a fraction of eps
-      loss='ce',              # 'ce', 'margin' or 'dlr'
-      apgd_steps=100,         # APGD-CE and APGD-T iterations (AutoAttack standard: 100)
-      apgd_restarts=1,
-      apgd_targets=9,         # APGD-T target classes (runs)
-      fab_steps=100,          # FAB-T iterations per run (AutoAttack standard: 100)
-      fab_restarts=1,         # FAB-T runs per target; restarts after the first start randomly
-      fab_targets=9,          # FAB-T target classes
-      square_queries=5000,
-      square_p_init=0.8,
       periodic_n_examples=1000,
       periodic_pgd_steps=10,
       periodic_pgd_restarts=1,
   ))
+  # Each attack family's settings (config.eval.pgd.steps, config.eval.apgd.targets, ...): the
+  # final evaluation of training is PGD with config.eval.pgd (attacks/pgd.py, apgd.py, fab.py,
+  # square.py).
+  for key, default_config in attacks_registry.SETTINGS.items():
+    config.eval[key] = default_config()
 
   apply_preset(config, preset)
   config.lock()
@@ -181,7 +176,7 @@ def imagenet(config: ml_collections.ConfigDict, eps: float = 4 / 255
   config.train.checkpoint_every_steps = 2500
   config.eval.batch_size = 256
   config.eval.n_examples = 10000
-  config.eval.pgd_restarts = 1
+  config.eval.pgd.restarts = 1
   config.eval.periodic_n_examples = 1000
   return config
 
@@ -222,9 +217,9 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     config.train.checkpoint_every_steps = 8
     config.eval.batch_size = 128
     config.eval.n_examples = 256
-    config.eval.pgd_steps = 5
-    config.eval.pgd_restarts = 2
-    config.eval.fab_steps = 5
+    config.eval.pgd.steps = 5
+    config.eval.pgd.restarts = 2
+    config.eval.fab.steps = 5
     config.eval.periodic_n_examples = 128
     config.eval.periodic_pgd_steps = 3
   elif preset == 'cpu':
@@ -235,6 +230,6 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
     config.optim.epochs = 10
     config.eval.batch_size = 256
     config.eval.n_examples = 1000
-    config.eval.pgd_restarts = 2
+    config.eval.pgd.restarts = 2
     config.eval.periodic_n_examples = 500
   return config

@@ -4,8 +4,8 @@
       --eps=0.1,0.2,0.3 --suites=pgd,square --n_examples=1000 --output=eps_curve.png
 
 Every (workdir, suite, eps) is an evaluation of the workdir's latest checkpoint on its first
-n_examples test images with evaluate.py's suite (settings from the workdir's config.eval,
-overridable: --config.eval.pgd_restarts=2). The radii are in the threat model
+n_examples test images with a suite of attacks/registry.py (settings from the workdir's
+config.eval, overridable: --config.eval.pgd.restarts=2). The radii are in the threat model
 config.eval.norm (--config.eval.norm=l2 for L2; every workdir must use the same). Writes the
 plot to --output and the numbers next to it (same name, .json, with the norm). A workdir of
 several seeds (config.num_seeds) gets a curve per seed, labelled "<workdir> (seed s)".
@@ -29,6 +29,7 @@ from latentadv import models
 from latentadv import parallel
 from latentadv import train_state
 from latentadv.attacks import norms
+from latentadv.attacks import registry
 from latentadv.data import readers
 
 matplotlib.use('Agg')
@@ -51,8 +52,8 @@ def curve(workdir: str, config: ml_collections.ConfigDict, suites: list[str],
   for suite in suites:
     result[suite] = []
     for eps in eps_values:
-      attacks = evaluate.suite_attacks(suite, config.eval, eps,
-                                       has_quantiser=models.has_quantiser(model))
+      attacks = registry.build_suite(suite, config.eval, eps,
+                                     has_quantiser=models.has_quantiser(model))
       evaluator = evaluate.Evaluator(
           model.apply, mesh, attacks, eps=eps, batch_size=config.eval.batch_size,
           surrogate_apply_fn=models.straight_through(model).apply)
@@ -118,10 +119,10 @@ if __name__ == '__main__':
   FLAGS = flags.FLAGS
   flags.DEFINE_list('workdirs', None, 'Training runs (directories with config.json).')
   flags.DEFINE_list('eps', None, 'Radii in pixel units in config.eval.norm, e.g. 0.1,0.2,0.3.')
-  flags.DEFINE_list('suites', ['pgd'], 'Attack suites of evaluate.py.')
+  flags.DEFINE_list('suites', ['pgd'], 'Attack suites of latentadv/attacks/registry.py.')
   flags.DEFINE_integer('n_examples', 1000, 'First n test examples (0 = all).')
   flags.DEFINE_string('output', 'eps_curve.png', 'PNG path; the JSON goes next to it.')
   flags.mark_flags_as_required(['workdirs', 'eps'])
   config_flags.DEFINE_config_dict('config', base_config.get_config(),
-                                  'Overrides of the saved configs, e.g. --config.eval.pgd_steps=20.')
+                                  'Overrides of the saved configs, e.g. --config.eval.pgd.steps=20.')
   app.run(_main)

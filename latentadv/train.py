@@ -258,23 +258,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
   writer.flush()
 
-  final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd_steps,
-                               restarts=config.eval.pgd_restarts)
+  final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd.steps,
+                               restarts=config.eval.pgd.restarts)
   n = config.eval.n_examples or len(test_labels)
   seed_results = []
   for k, (seed, monitor, tag) in enumerate(zip(seed_axis.seeds, monitors, tags)):
 
-    def final_evaluation(variables, seed=seed) -> dict:
-      return final(variables, test_images[:n], test_labels[:n], jax.random.key(seed + 2))
+    def final_evaluation(variables, which: str, seed=seed, k=k) -> dict:
+      # Resumable: a rerun continues from the verdicts of the finished batches.
+      progress = os.path.join(workdir, f'final_eval_{which}' + (
+          f'_seed{k}' if seed_axis.stacked else '') + '.progress.npz')
+      return final(variables, test_images[:n], test_labels[:n], jax.random.key(seed + 2),
+                   progress_path=progress)
 
     seed_state = seed_axis.select(state, k)
-    final_result = final_evaluation(seed_state.variables())
+    final_result = final_evaluation(seed_state.variables(), 'last')
     kept = {'state': 'last', 'epoch': int(seed_state.step) // steps_per_epoch,
             'step': int(seed_state.step), 'final': final_result}
     if monitor.keeps_best:
       best = monitor.record['best']
       kept = {'state': 'best', 'epoch': best['epoch'], 'step': best['step'],
-              'final': final_evaluation(monitor.restore_best(seed_state).variables())}
+              'final': final_evaluation(monitor.restore_best(seed_state).variables(), 'best')}
     monitor.close()
     writer.write_scalars(total_steps, {
         f'{tag}final/clean_accuracy': final_result['clean_accuracy'],
@@ -326,8 +330,8 @@ def _log_final(config: ml_collections.ConfigDict, result: dict, train_seconds: f
   collapsed, the kept state."""
   final_result, kept = result['final'], result['kept_state']
   logging.info('Final%s: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
-               which, final_result['clean_accuracy'], config.eval.pgd_steps,
-               config.eval.pgd_restarts, final_result['pgd_accuracy'],
+               which, final_result['clean_accuracy'], config.eval.pgd.steps,
+               config.eval.pgd.restarts, final_result['pgd_accuracy'],
                final_result['n_examples'], train_seconds)
   if kept['state'] == 'best':
     logging.warning('Training%s collapsed (catastrophic overfitting); kept the state of epoch '

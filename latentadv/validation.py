@@ -6,9 +6,10 @@ import numpy as np
 from latentadv import methods
 from latentadv import models
 from latentadv import parallel
-from latentadv.attacks import SUITES
 from latentadv.attacks import loops
 from latentadv.attacks import norms
+from latentadv.attacks import registry as attacks_registry
+from latentadv.attacks.losses import LOSSES
 from latentadv.data import datasets
 from latentadv.data import readers
 
@@ -57,8 +58,7 @@ def validate(config: ml_collections.ConfigDict):
   _require(fractions[0] == 0 and fractions[-1] == 1 and all(np.diff(fractions) > 0),
            'optim.interpolate_points', config.optim.interpolate_points,
            '(fraction, LR scale) pairs with fractions increasing from 0 to 1')
-  _one_of(config, 'eval.loss', ('ce', 'margin', 'dlr'))
-  _one_of(config, 'eval.suite', SUITES)
+  _one_of(config, 'eval.suite', attacks_registry.SUITES)
   _one_of(config, 'eval.norm', norms.NORMS)
   _one_of(config, 'eval.attack_loops', loops.LOOPS)
   _one_of(config, 'method.norm', norms.NORMS)
@@ -70,20 +70,16 @@ def validate(config: ml_collections.ConfigDict):
            'an integer >= 0')
   _require(config.data.num_train_examples >= 0, 'data.num_train_examples',
            config.data.num_train_examples, 'an integer >= 0 (0 = all)')
-  for key in ('optim.batch_size', 'optim.epochs', 'eval.batch_size', 'eval.pgd_steps',
-              'eval.pgd_restarts', 'eval.apgd_steps', 'eval.apgd_restarts',
-              'eval.apgd_targets', 'eval.fab_steps', 'eval.fab_restarts', 'eval.fab_targets',
-              'eval.square_queries', 'eval.periodic_pgd_steps',
-              'eval.periodic_pgd_restarts',
+  for key in ('optim.batch_size', 'optim.epochs', 'eval.batch_size',
+              'eval.periodic_pgd_steps', 'eval.periodic_pgd_restarts',
               'eval.periodic_n_examples', 'train.log_every_steps',
               'train.checkpoint_every_steps', 'train.checkpoints_to_keep',
               'data.stream_threads', 'data.stream_prefetch'):
     section, name = key.split('.')
     value = config[section][name]
     _require(isinstance(value, int) and value > 0, key, value, 'an integer > 0')
-  for key in ('optim.learning_rate', 'eval.step_size'):
-    section, name = key.split('.')
-    _require(config[section][name] > 0, key, config[section][name], 'a number > 0')
+  _require(config.optim.learning_rate > 0, 'optim.learning_rate', config.optim.learning_rate,
+           'a number > 0')
   _require(config.optim.weight_decay >= 0, 'optim.weight_decay', config.optim.weight_decay,
            'a number >= 0')
   _require(0 <= config.optim.cyclic_momentum_low <= config.optim.momentum,
@@ -91,8 +87,7 @@ def validate(config: ml_collections.ConfigDict):
            f'a momentum in [0, optim.momentum = {config.optim.momentum}]')
   _require(0 < config.optim.cyclic_peak < 1, 'optim.cyclic_peak', config.optim.cyclic_peak,
            'a fraction in (0, 1)')
-  _require(0 < config.eval.square_p_init <= 1, 'eval.square_p_init', config.eval.square_p_init,
-           'a fraction in (0, 1]')
+  _validate_attack_settings(config)
   _require(config.eval.n_examples >= 0, 'eval.n_examples', config.eval.n_examples,
            'an integer >= 0 (0 = the whole test set)')
   _validate_soft_quant(config)
@@ -118,6 +113,22 @@ def _validate_method(config: ml_collections.ConfigDict):
       _require(value >= 0, f'method.{name}.{key}', value, 'a number >= 0')
   if method.check is not None:
     method.check(config, _require)
+
+
+def _validate_attack_settings(config: ml_collections.ConfigDict):
+  """Every attack's settings (config.eval.<key>, attacks/registry.py): counts (steps,
+  restarts, targets, queries) are integers > 0; PGD's loss is one of LOSSES and its step
+  size > 0; Square's p_init is a fraction in (0, 1]."""
+  eval_config = config.eval
+  for key in attacks_registry.SETTINGS:
+    for name, value in eval_config[key].items():
+      if isinstance(value, int) and not isinstance(value, bool):
+        _require(value > 0, f'eval.{key}.{name}', value, 'an integer > 0')
+  _one_of(config, 'eval.pgd.loss', LOSSES)
+  _require(eval_config.pgd.step_size > 0, 'eval.pgd.step_size', eval_config.pgd.step_size,
+           'a number > 0 (a fraction of eps)')
+  _require(0 < eval_config.square.p_init <= 1, 'eval.square.p_init',
+           eval_config.square.p_init, 'a fraction in (0, 1]')
 
 
 def _validate_soft_quant(config: ml_collections.ConfigDict):

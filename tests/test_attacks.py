@@ -1,4 +1,4 @@
-"""Tests for the L-inf attacks and their losses on tiny models."""
+"""Tests for the L-inf attacks and their losses on tiny models, and the attack registry."""
 
 import functools
 
@@ -10,8 +10,11 @@ import numpy as np
 import optax
 import pytest
 
+from latentadv import base_config
+from latentadv import validation
 from latentadv.attacks import losses
 from latentadv.attacks import pgd
+from latentadv.attacks import registry
 
 SHAPE = (32, 8, 8, 1)
 EPS = 0.1
@@ -156,3 +159,35 @@ def test_attacks_are_deterministic_and_jittable(problem):
   np.testing.assert_array_equal(
       robust(x, y, jax.random.key(5)),
       pgd.pgd_robust(logits_fn, x, y, jax.random.key(5), restarts=2, **kwargs))
+
+
+def test_the_registry_builds_every_declared_attack_from_its_settings_sub_config():
+  """Each attack reads config.eval.<its settings key>; suites name declared attacks only."""
+  eval_config = base_config.get_config().eval
+  for key, default_config in registry.SETTINGS.items():
+    assert eval_config[key].to_dict() == default_config().to_dict()
+  assert all(set(names) <= set(registry.ATTACKS) for names in registry.SUITES.values())
+  eval_config.apgd.targets = 4
+  eval_config.fab.update(targets=3, restarts=2)
+  runs = {attack.name: attack.runs
+          for attack in registry.build_suite(list(registry.ATTACKS), eval_config, EPS)}
+  assert runs == {'pgd': eval_config.pgd.restarts, 'bpda': eval_config.pgd.restarts,
+                  'apgd-ce': 1, 'apgd-t': 4, 'fab-t': 6, 'square': 1}
+  adaptive = registry.build_suite('autoattack', eval_config, EPS, has_quantiser=True)
+  assert [(a.name, a.straight_through) for a in adaptive] == [
+      ('apgd-ce', True), ('apgd-t', True), ('fab-t', True), ('square', False)]
+  assert not any(a.straight_through for a in registry.build_suite('apgd-ce', eval_config, EPS,
+                                                                  has_quantiser=True))
+  for suite in ('autoatack', ['pgd', 'pgd'], ['fgsm']):
+    with pytest.raises(ValueError):
+      registry.attack_names(suite)
+
+
+@pytest.mark.parametrize('key,value', [('eval.apgd.steps', 0), ('eval.fab.targets', -1),
+                                       ('eval.pgd.loss', 'hinge'), ('eval.pgd.step_size', 0.0),
+                                       ('eval.square.p_init', 1.5)])
+def test_invalid_attack_settings_name_their_key(key, value):
+  config = base_config.get_config()
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(validation.ConfigError, match=f'config.{key} = '):
+    validation.validate(config)

@@ -52,8 +52,8 @@ def test_tests_run_with_the_cache_of_the_environment():
 
 
 def test_loops_roll_unless_asked_to_unroll():
-  assert not loops.unroll_steps() and not loops.unroll_steps('auto')
-  assert loops.unroll_steps('unrolled') and not loops.unroll_steps('rolled')
-  assert loops.unroll_steps(True) and not loops.unroll_steps(False)
-  with pytest.raises(ValueError, match='sometimes'):
-    loops.unroll_steps('sometimes')
+  assert not loops.unroll_steps() and not loops.unroll_steps('rolled')
+  assert loops.unroll_steps('unrolled')
+  for setting in ('sometimes', 'auto'):
+    with pytest.raises(ValueError, match=setting):
+      loops.unroll_steps(setting)

@@ -1,4 +1,10 @@
-"""Tests for the evaluator: suites, the still-robust bookkeeping, sharding, BPDA, foolbox."""
+"""Tests for the evaluator: suites, the still-robust bookkeeping, sharding, BPDA, foolbox, any
+JAX classifier (latentadv.robustness) and resumable evaluation."""
+
+import json
+import logging
+import os
+from typing import Any
 
 import flax.linen as nn
 import foolbox
@@ -11,10 +17,17 @@ import pytest
 
 from conftest import MLP
 from conftest import train_classifier
+import latentadv
 from latentadv import base_config
 from latentadv import evaluate
+from latentadv import models
 from latentadv import parallel
+from latentadv import train
+from latentadv import train_state
+from latentadv.attacks import registry
+from latentadv.attacks.attack import Attack
 from latentadv.data import readers
+from latentadv.evaluate import progress as progress_lib
 from latentadv.models import soft_quant
 
 EPS = 0.06  # Leaves the undefended MLP below partly robust under PGD.
@@ -37,16 +50,17 @@ def mlp(mnist):
   return model, train_classifier(model, mnist[0], mnist[1])
 
 
-def _eval_config(**changes):
-  config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
-  config.update({**dict(pgd_steps=10, pgd_restarts=2, apgd_steps=10, apgd_targets=3,
-                       square_queries=100), **changes})
+def _eval_config(changes: dict):
+  """The smoke preset's config.eval with few steps, then `changes` ({'a.b': value})."""
+  config = base_config.get_config('smoke').eval
+  config.update_from_flattened_dict({'pgd.steps': 10, 'pgd.restarts': 2, 'apgd.steps': 10,
+                                     'apgd.targets': 3, 'square.queries': 100, **changes})
   return config
 
 
 def _evaluator(model, suite, mesh=None, eps=EPS, **changes):
-  attacks = evaluate.suite_attacks(suite, _eval_config(**changes), eps,
-                                   has_quantiser=soft_quant.has_quantiser(model))
+  attacks = registry.build_suite(suite, _eval_config(changes), eps,
+                                 has_quantiser=soft_quant.has_quantiser(model))
   return evaluate.Evaluator(model.apply, mesh or parallel.make_mesh(jax.devices()[:1]),
                             attacks, eps=eps, batch_size=64,
                             surrogate_apply_fn=soft_quant.straight_through(model).apply)
@@ -94,7 +108,7 @@ def test_runs_attack_only_the_points_still_robust(mlp):
   x[:, 0, 0, 0] = np.arange(n) / 1000
   predictions = np.asarray(model.apply(variables, x).argmax(-1))
   labels = np.where(np.arange(n) % 5 == 0, (predictions + 1) % 10, predictions)
-  attack = evaluate.Attack('fake', 2, fooled, {})
+  attack = Attack('fake', 2, fooled, {})
   evaluator = evaluate.Evaluator(model.apply, parallel.make_mesh(jax.devices()[:1]), [attack],
                                  eps=0.0, batch_size=64)
   record, examples = evaluator.evaluate(variables, x, labels, jax.random.key(0))
@@ -143,7 +157,8 @@ def test_our_pgd_is_no_weaker_than_foolbox(mnist, mlp):
   model, variables = mlp
   _, _, x, y = mnist
   steps, step_size = 20, EPS / 4
-  ours = _evaluator(model, 'pgd', pgd_steps=steps, pgd_restarts=1, step_size=0.25)(
+  ours = _evaluator(model, 'pgd', **{'pgd.steps': steps, 'pgd.restarts': 1,
+                                     'pgd.step_size': 0.25})(
       variables, x, y, jax.random.key(0))
   fmodel = foolbox.JAXModel(jax.jit(lambda x: model.apply(variables, x)), bounds=(0, 1))
   attack = foolbox.attacks.LinfPGD(steps=steps, abs_stepsize=step_size, random_start=True)
@@ -155,13 +170,18 @@ def test_our_pgd_is_no_weaker_than_foolbox(mnist, mlp):
 
 
 class TinyCNN(nn.Module):
-  """A 3x3 convolution (8 channels, stride 2) and a dense head on (B, 28, 28, 1) images."""
+  """A 3x3 convolution (8 channels, stride 2) and a dense head on (B, 28, 28, 1) images; the
+  fields are those the trainer passes to a registered model (normalisation: none)."""
+  num_classes: int = 10
+  mean: tuple = (0.0,)
+  std: tuple = (1.0,)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train=False):
     del train
     x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
-    return nn.Dense(10, name='head')(x.reshape(x.shape[0], -1))
+    return nn.Dense(self.num_classes, name='head')(x.reshape(x.shape[0], -1))
 
 
 @pytest.mark.parametrize('suite', ['pgd', 'autoattack'])
@@ -172,7 +192,7 @@ def test_rolled_and_unrolled_attacks_give_the_same_verdicts(mnist, suite):
   model = TinyCNN()
   variables = train_classifier(model, mnist[0], mnist[1])
   _, _, x, y = mnist
-  results = {loop: _evaluator(model, suite, attack_loops=loop, fab_steps=10).evaluate(
+  results = {loop: _evaluator(model, suite, attack_loops=loop, **{'fab.steps': 10}).evaluate(
                  variables, x, y, jax.random.key(4))
              for loop in ('rolled', 'unrolled')}
   (rolled_record, rolled), (unrolled_record, unrolled) = results['rolled'], results['unrolled']
@@ -224,7 +244,7 @@ def test_a_run_is_split_into_full_batches_and_halved_sizes(n, sizes):
     del variables, train
     return jnp.zeros((x.shape[0], 10)).at[:, 0].set(1.0)
 
-  attack = evaluate.Attack('never', 1, never_fooled, {})
+  attack = Attack('never', 1, never_fooled, {})
   evaluator = evaluate.Evaluator(always_class_zero, parallel.make_mesh(jax.devices()[:1]),
                                  [attack], eps=EPS, batch_size=256)
   record, per_example = evaluator.evaluate({}, np.zeros((n, 4, 4, 1), np.float32),
@@ -232,3 +252,130 @@ def test_a_run_is_split_into_full_batches_and_halved_sizes(n, sizes):
   assert record['attacks']['never']['batch_sizes'] == sizes
   assert sorted(set(seen)) == sizes
   assert record['robust_accuracy'] == 1.0 and per_example['robust'].shape == (n,)
+
+
+@pytest.fixture(scope='module')
+def cnn_workdir(tmp_path_factory, data_root):
+  """(workdir, config) of a training run of TinyCNN (defined here, registered as model
+  'tiny_cnn' while this module's tests run): one epoch of standard training on 512 MNIST
+  images by the trainer, then its final evaluation on 96 test images, at eps 0.05."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(models.MODELS, 'tiny_cnn', TinyCNN)
+    patch.setitem(models.MODEL_DEFAULTS, 'tiny_cnn', {})
+    config = base_config.apply_preset(base_config.mnist(base_config.get_config()), 'smoke')
+    config.model.name, config.method.name, config.method.eps = 'tiny_cnn', 'standard', 0.05
+    config.data.update(source='local', dir=os.path.join(data_root, 'mnist'))
+    config.optim.epochs = 1
+    config.train.eval_every_epochs = 0
+    config.eval.update(n_examples=96, batch_size=32)
+    config.eval.pgd.update(steps=2, restarts=1)
+    workdir = str(tmp_path_factory.mktemp('tiny_cnn'))
+    train.train_and_evaluate(config, workdir)
+    yield workdir, config
+
+
+def _workdir_eval(workdir: str, changes: dict) -> tuple[dict, dict[str, np.ndarray]]:
+  """evaluate_workdir of `workdir` with its saved config and `changes` ({'eval.x': value}):
+  the eval_<suite>.json record, without its timing fields, and the .npz arrays."""
+  config = evaluate.workdir_config(workdir, base_config.get_config(), changes)
+  evaluate.evaluate_workdir(workdir, config)
+  path = os.path.join(workdir, f'eval_{config.eval.suite}')
+  with open(f'{path}.json') as f:
+    record = json.load(f)
+  for entry in (record, *record['attacks'].values()):
+    for key in ('seconds', 'compile_seconds', 'run_seconds'):
+      del entry[key]
+  with np.load(f'{path}.npz') as saved:
+    return record, dict(saved)
+
+
+def test_robustness_of_a_jax_classifier_equals_its_workdir_evaluation(cnn_workdir):
+  """latentadv.robustness on a plain function of the CNN (its parameters from the run's
+  checkpoint) gives the per-example verdicts of `python -m latentadv.evaluate`'s path on
+  the run, on all 8 devices."""
+  workdir, config = cnn_workdir
+  record, through_workdir = _workdir_eval(workdir, {'eval.suite': 'apgd-ce',
+                                                    'eval.apgd.steps': 5})
+  _, variables = train_state.restore_variables(workdir, config)
+  images, labels = readers.eval_split(config.data, 'test', config.eval.n_examples)
+  model = TinyCNN()
+  ours, per_example = latentadv.robustness(
+      jax.jit(lambda x: model.apply(variables, x)), images.astype(np.float32) / 255, labels,
+      eps=config.method.eps, suite='apgd-ce', batch_size=config.eval.batch_size,
+      seed=config.seed + 2, settings={'apgd': {'steps': 5}})
+  assert per_example.keys() == through_workdir.keys()
+  for key, value in through_workdir.items():
+    np.testing.assert_array_equal(per_example[key], value, err_msg=key)
+  assert 0 < ours['robust_accuracy'] < ours['clean_accuracy']
+  assert ours['robust_accuracy'] == record['robust_accuracy']
+  assert ours['attacks']['apgd-ce']['steps'] == 5
+
+
+class _Interrupted(Exception):
+  """Stands in for a kill after some batches."""
+
+
+@pytest.fixture
+def saved_batches(monkeypatch):
+  """Counts Progress.put calls (finished batches) in ['count']; raises _Interrupted after the
+  ['interrupt_after']-th (None: never)."""
+  counter = {'count': 0, 'interrupt_after': None}
+  put = progress_lib.Progress.put
+
+  def counting_put(self, batch, outputs):
+    put(self, batch, outputs)
+    counter['count'] += 1
+    if counter['count'] == counter['interrupt_after']:
+      raise _Interrupted
+  monkeypatch.setattr(progress_lib.Progress, 'put', counting_put)
+  return counter
+
+
+def test_an_interrupted_evaluation_resumes_to_the_files_of_an_uninterrupted_one(
+    cnn_workdir, saved_batches, caplog):
+  workdir, _ = cnn_workdir
+  caplog.set_level(logging.INFO, logger='absl')
+  changes = {'eval.suite': 'pgd', 'eval.pgd.steps': 3, 'eval.pgd.restarts': 3}
+  uninterrupted = _workdir_eval(workdir, changes)
+  batches = saved_batches['count']
+  assert batches > 6  # clean, then runs on fewer and fewer points
+  progress = os.path.join(workdir, 'eval_pgd.progress.npz')
+  assert not os.path.exists(progress)  # removed when the evaluation finished
+  for suffix in ('json', 'npz'):
+    os.remove(os.path.join(workdir, f'eval_pgd.{suffix}'))
+
+  saved_batches.update(count=0, interrupt_after=5)
+  with pytest.raises(_Interrupted):
+    _workdir_eval(workdir, changes)
+  assert os.path.exists(progress) and not os.path.exists(os.path.join(workdir, 'eval_pgd.json'))
+  saved_batches.update(count=0, interrupt_after=None)
+  resumed = _workdir_eval(workdir, changes)
+  assert saved_batches['count'] == batches - 5  # only the batches not saved ran
+  assert 'Resuming the evaluation from 5 finished batches' in caplog.text
+  assert resumed[0] == uninterrupted[0]
+  assert resumed[1].keys() == uninterrupted[1].keys()
+  for key, value in uninterrupted[1].items():
+    np.testing.assert_array_equal(resumed[1][key], value, err_msg=key)
+
+  saved_batches.update(count=0, interrupt_after=3)
+  with pytest.raises(_Interrupted):
+    _workdir_eval(workdir, changes)
+  saved_batches.update(count=0, interrupt_after=None)
+  caplog.clear()
+  other = _workdir_eval(workdir, {**changes, 'eval.pgd.steps': 2})
+  assert 'other settings (changed: attacks); starting afresh' in caplog.text
+  assert 'Resuming' not in caplog.text
+  assert other[0]['attacks']['pgd']['steps'] == 2
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(batch_size=12), 'batch_size = 12 must be divisible'),
+    (dict(settings={'apdg': {'steps': 5}}), 'apdg'),
+    (dict(settings={'apgd': {'step': 5}}), 'step'),
+    (dict(suite='autoatack'), 'autoatack'),
+    (dict(norm='l1'), 'l1')])
+def test_robustness_names_a_bad_argument(kwargs, message):
+  images, labels = np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int32)
+  with pytest.raises((ValueError, KeyError, AttributeError), match=message):
+    latentadv.robustness(lambda x: x.reshape(4, -1)[:, :10], images, labels, eps=0.1,
+                         **kwargs)

@@ -48,7 +48,8 @@ def _tiny_config(model: str):
   config.optim.batch_size = 32
   config.optim.epochs = 1
   config.train.eval_every_epochs = 0
-  config.eval.update(dict(n_examples=8, batch_size=8, pgd_steps=1, pgd_restarts=1))
+  config.eval.update(dict(n_examples=8, batch_size=8))
+  config.eval.pgd.update(dict(steps=1, restarts=1))
   return config
 
 

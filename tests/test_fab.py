@@ -4,7 +4,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -12,8 +11,8 @@ from conftest import pgd_minimal_eps, random_hyperplane_problems
 from latentadv import base_config
 from latentadv import evaluate
 from latentadv import parallel
-from latentadv.attacks import SUITES
 from latentadv.attacks import fab
+from latentadv.attacks import registry
 
 EPS = 0.1  # Most points of the briefly trained MLP have an adversarial example this close.
 N = 64  # Test points.
@@ -124,10 +123,10 @@ def test_minimal_norm_matches_a_pgd_bisection(mnist, fab_t):
 
 def test_evaluator_counts_only_points_fooled_within_eps(mnist):
   model, variables, _, x, y = mnist
-  assert SUITES['autoattack'] == ('apgd-ce', 'apgd-t', 'fab-t', 'square')
-  eval_config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
-  eval_config.update(fab_targets=2, fab_restarts=2)
-  attacks = evaluate.suite_attacks('fab-t', eval_config, EPS)
+  assert registry.SUITES['autoattack'] == ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+  eval_config = base_config.get_config('smoke').eval
+  eval_config.fab.update(targets=2, restarts=2)
+  attacks = registry.build_suite('fab-t', eval_config, EPS)
   assert attacks[0].runs == 4
   evaluator = evaluate.Evaluator(model.apply, parallel.make_mesh(jax.devices()[:1]), attacks,
                                  eps=EPS, batch_size=64)

@@ -5,7 +5,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +18,7 @@ from latentadv.attacks import apgd
 from latentadv.attacks import fab
 from latentadv.attacks import norms
 from latentadv.attacks import pgd
+from latentadv.attacks import registry
 from latentadv.attacks import square
 
 EPS = 1.0  # L2 radius at which PGD fools about 60 % of the briefly trained MLP's points.
@@ -177,9 +177,9 @@ def test_fab_minimal_l2_norm_matches_a_pgd_bisection(mnist, attack):
 
 def test_evaluator_in_l2_keeps_fab_l2_norm_and_counts_points_within_eps(mnist):
   model, variables, _, x, y, _ = mnist
-  eval_config = ml_collections.ConfigDict(base_config.get_config('smoke').eval.to_dict())
-  eval_config.update(norm='l2', fab_targets=2)
-  attacks = evaluate.suite_attacks('fab-t', eval_config, EPS)
+  eval_config = base_config.get_config('smoke').eval
+  eval_config.norm, eval_config.fab.targets = 'l2', 2
+  attacks = registry.build_suite('fab-t', eval_config, EPS)
   evaluator = evaluate.Evaluator(model.apply, parallel.make_mesh(jax.devices()[:1]), attacks,
                                  eps=EPS, batch_size=64)
   record, examples = evaluator.evaluate(variables, np.asarray(x), np.asarray(y),

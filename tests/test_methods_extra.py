@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from latentadv import methods
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import backward_smoothing
 from latentadv.methods import common
 from latentadv.methods import n_fgsm
@@ -147,7 +147,7 @@ def test_backward_smoothing_start_decreases_the_kl_to_the_noised_logits():
             common.kl_divergence(noised, logits_fn(x_init)),
             common.kl_divergence(clean, logits_fn(x_init)),
             common.kl_divergence(clean, logits_fn(x_adv)),
-            jnp.abs(x_init - x).max(), jnp.abs(x_adv - pgd.project(x_adv, x, eps)).max())
+            jnp.abs(x_init - x).max(), jnp.abs(x_adv - norms.project(x_adv, x, eps)).max())
 
   to_noised_at_x, to_noised_at_init, to_clean_at_init, to_clean_at_adv, init_step, outside = (
       float(v) for v in kls(x))

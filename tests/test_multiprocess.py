@@ -21,8 +21,8 @@ from conftest import DATA_ROOT, REPO_ROOT
 _RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=local',
               f'--config.data.dir={os.path.join(DATA_ROOT, "mnist")}', '--config.optim.epochs=1',
               '--config.train.eval_every_epochs=0', '--config.eval.n_examples=64',
-              '--config.eval.batch_size=64', '--config.eval.pgd_steps=1',
-              '--config.eval.pgd_restarts=1')
+              '--config.eval.batch_size=64', '--config.eval.pgd.steps=1',
+              '--config.eval.pgd.restarts=1')
 
 
 @pytest.mark.parametrize('process_count', [2, 4])

@@ -37,8 +37,8 @@ def _smoke_config(method='fgsm_rs'):
   config.data.dir = MNIST_DIR
   config.train.eval_every_epochs = 0
   config.eval.n_examples = 64
-  config.eval.pgd_steps = 2
-  config.eval.pgd_restarts = 1
+  config.eval.pgd.steps = 2
+  config.eval.pgd.restarts = 1
   return config
 
 
@@ -46,7 +46,7 @@ def _main_command(workdir: str, *overrides: str) -> list[str]:
   return [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_fgsm_rs.py:smoke',
           f'--workdir={workdir}', '--config.data.source=local', f'--config.data.dir={MNIST_DIR}',
           '--config.train.eval_every_epochs=0', '--config.eval.n_examples=64',
-          '--config.eval.pgd_steps=2', '--config.eval.pgd_restarts=1', *overrides]
+          '--config.eval.pgd.steps=2', '--config.eval.pgd.restarts=1', *overrides]
 
 
 def _steps(workdir: str, subdir: str = 'checkpoints') -> list[int]:

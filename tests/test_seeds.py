@@ -88,7 +88,7 @@ def test_seed_k_of_a_two_seed_run_is_the_single_run_with_seed_plus_k(two_seed_ru
 def test_a_two_seed_run_is_evaluated_loaded_and_refused_per_seed(two_seed_run):
   workdir, _, config = two_seed_run
   config = evaluate.workdir_config(workdir, base_config.get_config(), {
-      'eval.n_examples': 32, 'eval.pgd_steps': 2, 'eval.pgd_restarts': 1})
+      'eval.n_examples': 32, 'eval.pgd.steps': 2, 'eval.pgd.restarts': 1})
   record = evaluate.evaluate_workdir(workdir, config)
   assert [r['seed'] for r in record['seeds']] == [5, 6]
   assert record['summary']['robust_accuracy']['values'] == [

@@ -255,8 +255,8 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'latentadv.evaluate', f'--workdir={workdir}',
        '--config.eval.n_examples=128', '--config.eval.suite=autoattack',
-       '--config.eval.apgd_steps=5', '--config.eval.apgd_targets=2',
-       '--config.eval.square_queries=20'],
+       '--config.eval.apgd.steps=5', '--config.eval.apgd.targets=2',
+       '--config.eval.square.queries=20'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, 'eval_autoattack.json')) as f:
@@ -275,7 +275,7 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
   plot = os.path.join(workdir, 'eps_curve.png')
   result = subprocess.run(
       [sys.executable, '-m', 'latentadv.eps_curve', f'--workdirs={workdir}', '--eps=0.05,0.1',
-       '--n_examples=64', '--config.eval.pgd_restarts=1', f'--output={plot}'],
+       '--n_examples=64', '--config.eval.pgd.restarts=1', f'--output={plot}'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, 'eps_curve.json')) as f:

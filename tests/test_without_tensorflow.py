@@ -71,7 +71,7 @@ def test_main_trains_and_evaluates_on_the_stream_path_without_tensorflow(tmp_pat
 
   result = _run_without_tensorflow(
       'latentadv.evaluate', f'--workdir={workdir}', '--config.eval.suite=pgd',
-      '--config.eval.n_examples=64', '--config.eval.pgd_restarts=1')
+      '--config.eval.n_examples=64', '--config.eval.pgd.restarts=1')
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, 'eval_pgd.json')) as f:
     assert json.load(f)['n_examples'] == 64

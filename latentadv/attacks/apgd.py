@@ -13,23 +13,26 @@ after the momentum term.
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); the step count, loss
 name and norm ('linf' or 'l2') are Python values (static under jit), eps may be traced.
 
-Loops: `apgd` and `apgd_targeted_run` roll their steps (`unroll`, default 'auto' = rolled;
-attacks/loops.py says why; 'unrolled' or True unrolls them). `apgd_targeted` loops over its
-targets with a rolled loop, its steps rolled; the Evaluator instead runs one jitted
-`apgd_targeted_run` per target from the host, so that each target attacks only the points
-still robust.
+Loops: `apgd` and `apgd_targeted_run` roll their steps unless `unroll` is True
+(attacks/loops.py says why). `apgd_targeted` loops over its targets with a rolled loop, its
+steps rolled; the Evaluator instead runs one jitted `apgd_targeted_run` per target from the
+host, so that each target attacks only the points still robust.
+
+Declared attacks (attacks/attack.py), settings config.eval.apgd: `APGD_CE`, APGD with
+cross-entropy (`steps`, `restarts`), and `APGD_T`, APGD-T with the targeted DLR loss, one run
+per target (`steps`, `targets`).
 """
 
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from latentadv.attacks import loops
+from latentadv.attacks import attack
 from latentadv.attacks import losses
 from latentadv.attacks import norms
-from latentadv.attacks.norms import project
 from latentadv.attacks.pgd import LogitsFn
 
 _ALPHA = 0.75  # Weight of the new step; 1 - _ALPHA goes to the previous one (momentum).
@@ -65,7 +68,7 @@ def _checkpoint_intervals(steps: int) -> np.ndarray:
 
 
 def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
-         x_start: jax.Array, eps: float, steps: int, unroll: bool | str, norm: str
+         x_start: jax.Array, eps: float, steps: int, unroll: bool, norm: str
          ) -> tuple[jax.Array, jax.Array]:
   """One APGD run from x_start maximising loss_fn(logits) (B,); returns (x_adv, fooled)."""
   intervals = jnp.asarray(_checkpoint_intervals(steps))
@@ -82,10 +85,10 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
 
   def body(i, s):
     alpha = jnp.where(i == 0, 1.0, _ALPHA)  # The first step has no history.
-    z = project(s.x_adv + s.step[:, None, None, None] * norms.steepest_direction(s.grad, norm),
-                x, eps, norm)
-    x_adv = project(s.x_adv + alpha * (z - s.x_adv) + (1 - alpha) * (s.x_adv - s.x_prev),
-                    x, eps, norm)
+    direction = norms.steepest_direction(s.grad, norm)
+    z = norms.project(s.x_adv + s.step[:, None, None, None] * direction, x, eps, norm)
+    x_adv = norms.project(
+        s.x_adv + alpha * (z - s.x_adv) + (1 - alpha) * (s.x_adv - s.x_prev), x, eps, norm)
     grad, (loss, wrong) = grad_fn(x_adv)
     improved = loss > s.best
     best = jnp.where(improved, loss, s.best)
@@ -112,7 +115,7 @@ def _run(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array,
              grad_best=grad, x_fool=x_start, fooled=wrong,
              successes=jnp.zeros(loss.shape, jnp.int32), best_at_check=loss,
              halved_at_check=jnp.ones(loss.shape, bool))
-  s = jax.lax.fori_loop(0, steps, body, s, unroll=loops.unroll_steps(unroll))
+  s = jax.lax.fori_loop(0, steps, body, s, unroll=unroll)
   return where(s.fooled, s.x_fool, s.x_best), s.fooled
 
 
@@ -132,13 +135,13 @@ def _start(rng: jax.Array, x: jax.Array, eps: float, random_start: bool, norm: s
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
          steps: int = 100, loss: str = 'ce', random_start: bool = True,
-         unroll: bool | str = 'auto', norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
+         unroll: bool = False, norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """Untargeted APGD on images x (B, H, W, C) with labels y (B,), maximising losses.LOSSES[loss]
   in the `norm` eps-ball.
 
   Returns (x_adv, fooled): fooled (B,) bool says some iterate (the start included) was
   misclassified, and x_adv (B, H, W, C) is then such an iterate, else the highest-loss one.
-  Costs steps + 1 forward-backward passes; `unroll` as in loops.unroll_steps.
+  Costs steps + 1 forward-backward passes.
   """
   loss_fn = losses.LOSSES[loss]
   return _run(logits_fn, lambda logits: loss_fn(logits, y), x, y,
@@ -147,15 +150,14 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps
 
 def apgd_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                       target: int | jax.Array, *, eps: float, steps: int = 100,
-                      random_start: bool = True, unroll: bool | str = 'auto',
+                      random_start: bool = True, unroll: bool = False,
                       norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """One APGD-T run on images x (B, H, W, C), labels y (B,), maximising losses.targeted_dlr
   in the `norm` eps-ball.
 
   Each example's target is its `target`-th (0-based; may be traced) highest clean logit among
   the classes other than y. Returns (x_adv, fooled) as `apgd`: fooled means misclassified
-  (as any class). Costs steps + 1 forward-backward passes and one forward pass; `unroll` as in
-  loops.unroll_steps.
+  (as any class). Costs steps + 1 forward-backward passes and one forward pass.
   """
   clean = logits_fn(x)
   others = jnp.where(jax.nn.one_hot(y, clean.shape[-1], dtype=bool), -jnp.inf, clean)
@@ -184,3 +186,40 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Arra
     return jnp.where(fooled[:, None, None, None], x_adv, x_run), fooled | fooled_run
 
   return jax.lax.fori_loop(0, num_targets, run, (x, jnp.zeros(y.shape, bool)))
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """APGD-CE's and APGD-T's settings (config.eval.apgd), AutoAttack's standard values:
+  iterations per run, APGD-CE restarts and APGD-T target classes (one run each)."""
+  return ml_collections.ConfigDict(dict(steps=100, restarts=1, targets=9))
+
+
+def _build_ce(settings: ml_collections.ConfigDict, *, eps: float, norm: str, unroll: bool,
+              straight_through: bool) -> attack.Attack:
+  """APGD-CE, `restarts` runs, as an evaluator's Attack."""
+  steps = settings.steps
+
+  def fooled(logits_fn, x, y, rng, run):
+    del run
+    return apgd(logits_fn, x, y, rng, eps=eps, steps=steps, loss='ce', norm=norm,
+                unroll=unroll)[1]
+  return attack.Attack('apgd-ce', settings.restarts, fooled,
+                       dict(steps=steps, restarts=settings.restarts, loss='ce', norm=norm,
+                            unrolled=unroll), straight_through)
+
+
+def _build_targeted(settings: ml_collections.ConfigDict, *, eps: float, norm: str,
+                    unroll: bool, straight_through: bool) -> attack.Attack:
+  """APGD-T, one run per target, as an evaluator's Attack."""
+  steps = settings.steps
+
+  def fooled(logits_fn, x, y, rng, run):
+    return apgd_targeted_run(logits_fn, x, y, rng, run, eps=eps, steps=steps, norm=norm,
+                             unroll=unroll)[1]
+  return attack.Attack('apgd-t', settings.targets, fooled,
+                       dict(steps=steps, targets=settings.targets, loss='targeted_dlr',
+                            norm=norm, unrolled=unroll), straight_through)
+
+
+APGD_CE = attack.Declaration('apgd-ce', 'apgd', default_config, _build_ce)
+APGD_T = attack.Declaration('apgd-t', 'apgd', default_config, _build_targeted)

@@ -25,16 +25,22 @@ at distance min(best norm, eps) / 2 (AutoAttack forgets it between runs: always 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K); step counts and the norm
 are Python values (static under jit), eps (which only sets the random starts) may be traced.
 
-Loops: as in attacks/apgd.py, `fab_targeted_run` rolls its steps (`unroll`, default 'auto' =
-rolled; attacks/loops.py), and `fab_targeted` loops over its targets with a rolled loop.
+Loops: as in attacks/apgd.py, `fab_targeted_run` rolls its steps unless `unroll` is True
+(attacks/loops.py), and `fab_targeted` loops over its targets with a rolled loop.
+
+Declared attack (attacks/attack.py), settings config.eval.fab: `FAB_T`, `restarts` runs
+towards each of the `targets` most likely other classes, `steps` steps each; an example is
+fooled only if the point found is within eps and misclassified once re-evaluated, and the
+evaluator keeps the smallest norm found per example (fab_linf_norm or fab_l2_norm).
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from latentadv.attacks import loops
+from latentadv.attacks import attack
 from latentadv.attacks import norms
 from latentadv.attacks.pgd import LogitsFn
 
@@ -127,7 +133,7 @@ class _State(NamedTuple):
 
 
 def _run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, target_class: jax.Array,
-         s: _State, steps: int, unroll: bool | str, norm: str) -> _State:
+         s: _State, steps: int, unroll: bool, norm: str) -> _State:
   """`steps` FAB steps from s.x_k towards class target_class (B,), keeping the closest
   misclassified iterate in the `norm` in s.x_best / s.best."""
   batch = x.shape[0]
@@ -160,7 +166,7 @@ def _run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, target_class: jax.Arra
                   x_best=where(better, x_next, s.x_best),
                   best=jnp.where(better, distance, s.best))
 
-  return jax.lax.fori_loop(0, steps, body, s, unroll=loops.unroll_steps(unroll))
+  return jax.lax.fori_loop(0, steps, body, s, unroll=unroll)
 
 
 def _random_start(rng: jax.Array, x: jax.Array, radius: jax.Array, norm: str) -> jax.Array:
@@ -189,7 +195,7 @@ def _clean_state(clean: jax.Array, x: jax.Array, y: jax.Array) -> _State:
 
 def fab_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                      target: int | jax.Array, *, eps: float, steps: int = 100,
-                     random_start: bool | jax.Array = False, unroll: bool | str = 'auto',
+                     random_start: bool | jax.Array = False, unroll: bool = False,
                      norm: str = 'linf') -> tuple[jax.Array, jax.Array]:
   """One FAB-T run on images x (B, H, W, C), labels y (B,), towards each example's
   `target`-th (0-based; may be traced) most likely class other than y, minimising the
@@ -199,8 +205,7 @@ def fab_targeted_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.A
   (clipped to [0, 1]), as AutoAttack's restarts after the first. Returns (x_adv, distance):
   x_adv (B, H, W, C) the misclassified iterate closest to x (x itself where x is
   misclassified, distance 0; x where none was found, distance inf), distance (B,) its
-  `norm` distance to x. Costs steps forward-backward and steps + 1 forward passes; `unroll`
-  as in loops.unroll_steps.
+  `norm` distance to x. Costs steps forward-backward and steps + 1 forward passes.
   """
   clean = logits_fn(x)
   radius = jnp.where(random_start, eps / 2, 0.0) * jnp.ones(y.shape, x.dtype)
@@ -241,3 +246,28 @@ def fooled_within(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, x_adv: jax.Ar
   most), i.e. the point the model is re-evaluated on is certainly an eps-perturbation."""
   wrong = logits_fn(norms.project(x_adv, x, eps, norm)).argmax(axis=-1) != y
   return wrong & (norms.per_example(x_adv - x, norm) <= eps)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """FAB-T's settings (config.eval.fab), AutoAttack's standard values: steps per run, runs
+  per target (restarts after the first start randomly) and target classes."""
+  return ml_collections.ConfigDict(dict(steps=100, restarts=1, targets=9))
+
+
+def _build(settings: ml_collections.ConfigDict, *, eps: float, norm: str, unroll: bool,
+           straight_through: bool) -> attack.Attack:
+  """FAB-T, `restarts` runs per target, as an evaluator's Attack that also reports norms."""
+  steps, restarts = settings.steps, settings.restarts
+
+  def fooled(logits_fn, x, y, rng, run):
+    x_adv, distance = fab_targeted_run(logits_fn, x, y, rng, run // restarts, eps=eps,
+                                       steps=steps, random_start=run % restarts > 0,
+                                       norm=norm, unroll=unroll)
+    return fooled_within(logits_fn, x, y, x_adv, eps, norm), distance
+  return attack.Attack('fab-t', settings.targets * restarts, fooled,
+                       dict(steps=steps, targets=settings.targets, restarts=restarts,
+                            norm=norm, unrolled=unroll), straight_through,
+                       norm_key=f'fab_{norm}_norm')
+
+
+FAB_T = attack.Declaration('fab-t', 'fab', default_config, _build)

@@ -8,19 +8,23 @@ random start is uniform in the ball.
 name and the norm ('linf' or 'l2') are Python values (static under jit); eps and step_size
 may be traced.
 
-The step loop is rolled (`unroll`, default 'auto' = rolled; 'unrolled' or True unrolls it;
-attacks/loops.py says why).
+The step loop is rolled unless `unroll` is True (attacks/loops.py says why).
+
+Declared attacks (attacks/attack.py), settings config.eval.pgd: `PGD`, PGD-k-r (k = steps,
+r = restarts, step step_size x eps, loss `loss`), an example fooled if ANY iterate of any
+restart is; `BPDA`, the same through the model's straight-through surrogate (for models whose
+input layer masks gradients, such as the soft quantiser).
 """
 
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from latentadv.attacks import loops
+from latentadv.attacks import attack
 from latentadv.attacks import norms
 from latentadv.attacks.losses import LOSSES
-from latentadv.attacks.norms import project
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -30,7 +34,7 @@ def _init(rng: jax.Array, x: jax.Array, eps: float, random_start: bool, norm: st
   """Returns the starting point: x, or a uniform sample of the eps-ball around x, projected."""
   if not random_start:
     return x
-  return project(x + norms.sample_ball(rng, x.shape, x.dtype, eps, norm), x, eps, norm)
+  return norms.project(x + norms.sample_ball(rng, x.shape, x.dtype, eps, norm), x, eps, norm)
 
 
 def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
@@ -46,7 +50,7 @@ def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
 
   def step(x_adv):
     (_, logits), grad = grad_fn(x_adv)
-    return project(x_adv + step_size * norms.steepest_direction(grad, norm), x, eps,
+    return norms.project(x_adv + step_size * norms.steepest_direction(grad, norm), x, eps,
                    norm), logits
 
   return step
@@ -54,24 +58,24 @@ def _ascent_step(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, eps: float,
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, eps: float,
         step_size: float, steps: int, random_start: bool = True, loss: str = 'ce',
-        norm: str = 'linf', unroll: bool | str = 'auto') -> jax.Array:
+        norm: str = 'linf', unroll: bool = False) -> jax.Array:
   """Returns the last PGD iterate (B, H, W, C) maximising the summed loss of labels y (B,)
-  in the `norm` eps-ball around x (B, H, W, C); `unroll` as in loops.unroll_steps."""
+  in the `norm` eps-ball around x (B, H, W, C)."""
   step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
   x_adv = _init(rng, x, eps, random_start, norm)
   return jax.lax.fori_loop(0, steps, lambda _, x_adv: step(x_adv)[0], x_adv,
-                           unroll=loops.unroll_steps(unroll))
+                           unroll=unroll)
 
 
 def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
                       eps: float, step_size: float, steps: int, loss: str = 'ce',
-                      norm: str = 'linf', unroll: bool | str = 'auto') -> jax.Array:
+                      norm: str = 'linf', unroll: bool = False) -> jax.Array:
   """Returns fooled (B,) bool: some iterate of one random-start PGD run in the `norm`
   eps-ball is misclassified.
 
   The random start and all `steps` iterates after it are checked. The logits of each iterate
   come from the forward pass of its gradient step, so the cost is `steps` forward-backward
-  passes plus one forward pass for the last iterate. `unroll` as in loops.unroll_steps.
+  passes plus one forward pass for the last iterate.
   """
   step = _ascent_step(logits_fn, x, y, eps, step_size, loss, norm)
 
@@ -82,7 +86,7 @@ def fooled_in_restart(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.
 
   x_adv = _init(rng, x, eps, random_start=True, norm=norm)
   x_adv, fooled = jax.lax.fori_loop(0, steps, attack_step, (x_adv, jnp.zeros(y.shape, bool)),
-                                    unroll=loops.unroll_steps(unroll))
+                                    unroll=unroll)
   return fooled | (logits_fn(x_adv).argmax(axis=-1) != y)
 
 
@@ -100,3 +104,32 @@ def pgd_robust(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, 
     robust &= ~fooled_in_restart(logits_fn, x, y, jax.random.fold_in(rng, r), eps=eps,
                                  step_size=step_size, steps=steps, loss=loss, norm=norm)
   return robust
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """PGD's settings (config.eval.pgd): steps and restarts of the final evaluation of
+  training, the step as a fraction of eps, and the loss ('ce', 'margin' or 'dlr')."""
+  return ml_collections.ConfigDict(dict(steps=50, restarts=10, step_size=0.25, loss='ce'))
+
+
+def _build(settings: ml_collections.ConfigDict, *, eps: float, norm: str, unroll: bool,
+           straight_through: bool, name: str = 'pgd') -> attack.Attack:
+  """PGD-steps-restarts in the `norm` eps-ball, as an evaluator's Attack named `name`."""
+  step_size, steps, loss = settings.step_size * eps, settings.steps, settings.loss
+
+  def fooled(logits_fn, x, y, rng, run):
+    del run
+    return fooled_in_restart(logits_fn, x, y, rng, eps=eps, step_size=step_size, steps=steps,
+                             loss=loss, norm=norm, unroll=unroll)
+  return attack.Attack(name, settings.restarts, fooled,
+                       dict(steps=steps, restarts=settings.restarts, step_size=step_size,
+                            loss=loss, norm=norm, unrolled=unroll), straight_through)
+
+
+def _build_bpda(settings: ml_collections.ConfigDict, **kwargs) -> attack.Attack:
+  """PGD through the model's straight-through surrogate."""
+  return _build(settings, **{**kwargs, 'straight_through': True}, name='bpda')
+
+
+PGD = attack.Declaration('pgd', 'pgd', default_config, _build)
+BPDA = attack.Declaration('bpda', 'pgd', default_config, _build_bpda)

@@ -27,14 +27,19 @@ fails on such images, e.g. below 25 x 25 pixels).
 
 `logits_fn` maps images x (B, H, W, C) in [0, 1] to logits (B, K). The queries are a rolled
 `while_loop`, which ends early once every example is fooled.
+
+Declared attack (attacks/attack.py), settings config.eval.square: `SQUARE`, one run of
+`queries` queries with window fraction `p_init`.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from latentadv.attacks import attack
 from latentadv.attacks import losses
 from latentadv.attacks import norms
 from latentadv.attacks.pgd import LogitsFn
@@ -216,3 +221,26 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, e
 
   _, x_best, best = jax.lax.while_loop(searching, improve, (0, x_best, margin(x_best)))
   return x_best, best > 0
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The Square attack's settings (config.eval.square), AutoAttack's standard values."""
+  return ml_collections.ConfigDict(dict(queries=5000, p_init=0.8))
+
+
+def _build(settings: ml_collections.ConfigDict, *, eps: float, norm: str, unroll: bool,
+           straight_through: bool) -> attack.Attack:
+  """One Square run as an evaluator's Attack; it takes no gradients, so it has no step loop
+  to unroll and no surrogate to differentiate."""
+  del unroll, straight_through
+  queries, p_init = settings.queries, settings.p_init
+
+  def fooled(logits_fn, x, y, rng, run):
+    del run
+    return square(logits_fn, x, y, rng, eps=eps, n_queries=queries, p_init=p_init,
+                  norm=norm)[1]
+  return attack.Attack('square', 1, fooled, dict(queries=queries, p_init=p_init, norm=norm))
+
+
+SQUARE = attack.Declaration('square', 'square', default_config, _build,
+                            uses_gradients=False)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.models import taps
 
 Variables = Mapping[str, Any]
@@ -103,7 +103,7 @@ def kl_sign_step(logits_fn: Callable, x_adv: jax.Array, x: jax.Array, target_log
   """
   target_logits = jax.lax.stop_gradient(target_logits)
   grad = jax.grad(lambda x_adv: kl_divergence(target_logits, logits_fn(x_adv)))(x_adv)
-  return pgd.project(x_adv + direction * step_size * jnp.sign(grad), x, eps)
+  return norms.project(x_adv + direction * step_size * jnp.sign(grad), x, eps)
 
 
 def mean_cosine(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import base
 from latentadv.methods import common
 
@@ -20,7 +20,7 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   x, y = batch['image'], batch['label']
   logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
   grad = common.input_gradient(logits_fn, x, y)
-  x_adv = pgd.project(x + config.fgsm.step * config.eps * jnp.sign(grad), x, config.eps)
+  x_adv = norms.project(x + config.fgsm.step * config.eps * jnp.sign(grad), x, config.eps)
   return common.train_on(apply_fn, params, model_state, jax.lax.stop_gradient(x_adv), y,
                          train_rng)
 

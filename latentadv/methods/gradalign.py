@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import base
 from latentadv.methods import common
 
@@ -35,9 +35,9 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
   x_start = x
   if cfg.random_start:
-    x_start = pgd.project(x + jax.random.uniform(start_rng, x.shape, x.dtype, -eps, eps), x, eps)
+    x_start = norms.project(x + jax.random.uniform(start_rng, x.shape, x.dtype, -eps, eps), x, eps)
   grad_fgsm = common.input_gradient(logits_fn, x_start, y)
-  x_adv = pgd.project(x_start + cfg.step * eps * jnp.sign(grad_fgsm), x, eps)
+  x_adv = norms.project(x_start + cfg.step * eps * jnp.sign(grad_fgsm), x, eps)
   eta = jax.random.uniform(eta_rng, x.shape, x.dtype, -eps, eps)
   grad_eta = common.input_gradient(logits_fn, x + eta, y)
   if not cfg.backprop_both:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import base
 from latentadv.methods import common
 
@@ -63,7 +63,7 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   logits_fn = common.attack_forward(apply_fn, params, model_state, attack_rng, config.attack_bn)
   clean_losses, clean_logits, clean_grad = losses_logits_and_input_gradient(logits_fn, x, y)
   clean_grad = jax.lax.stop_gradient(clean_grad)
-  x_fgsm = jax.lax.stop_gradient(pgd.project(x + cfg.step * eps * jnp.sign(clean_grad), x, eps))
+  x_fgsm = jax.lax.stop_gradient(norms.project(x + cfg.step * eps * jnp.sign(clean_grad), x, eps))
   adv_logits, new_state = common.forward(apply_fn, params, model_state, x_fgsm, train_rng,
                                          train=True)
   adv_losses = optax.softmax_cross_entropy_with_integer_labels(adv_logits, y)
@@ -73,11 +73,11 @@ def loss(apply_fn, params, model_state, batch, rng, config):
   if cfg.logit_pairing > 0:
     logit_pairing = ((adv_logits - clean_logits) ** 2).sum(-1).mean()
   if cfg.random_start_gap > 0:
-    start = pgd.project(x + jax.random.uniform(noise_rng, x.shape, x.dtype, -eps, eps), x, eps)
+    start = norms.project(x + jax.random.uniform(noise_rng, x.shape, x.dtype, -eps, eps), x, eps)
     rs_logits_fn = common.attack_forward(apply_fn, params, model_state, rs_rng,
                                          config.attack_bn)
     start_grad = common.input_gradient(rs_logits_fn, start, y)
-    x_rs = jax.lax.stop_gradient(pgd.project(start + cfg.rs_step * eps * jnp.sign(start_grad),
+    x_rs = jax.lax.stop_gradient(norms.project(start + cfg.rs_step * eps * jnp.sign(start_grad),
                                              x, eps))
     rs_losses = optax.softmax_cross_entropy_with_integer_labels(rs_logits_fn(x_rs), y)
     random_start_gap = jax.nn.relu(rs_losses - adv_losses).mean()

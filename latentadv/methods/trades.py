@@ -13,7 +13,7 @@ import jax
 import ml_collections
 
 from latentadv.attacks import loops
-from latentadv.attacks import pgd
+from latentadv.attacks import norms
 from latentadv.methods import base
 from latentadv.methods import common
 
@@ -32,7 +32,7 @@ def adversarial_example(logits_fn, x: jax.Array, rng: jax.Array, *, eps, steps: 
       0, steps, lambda _, x_adv: common.kl_sign_step(logits_fn, x_adv, x, clean_logits,
                                                      step_size, eps), x_adv,
       unroll=loops.unroll_steps())
-  return pgd.project(x_adv, x, eps)  # a no-op after any step; keeps steps = 0 in range
+  return norms.project(x_adv, x, eps)  # a no-op after any step; keeps steps = 0 in range
 
 
 def loss(apply_fn, params, model_state, batch, rng, config):
