@@ -5,10 +5,14 @@
 
 Re-running the same command resumes from the latest checkpoint in DIR. Multi-process runs add
 --coordinator_address, --num_processes and --process_id (see parallel.initialize and launch/).
+SIGTERM or SIGINT (a preemption) saves the step reached, in every process, and ends the run
+with exit status 75 (preemption.EXIT_CODE): run the same command again to resume
+(docs/preemption.md).
 Bad input (an unknown or invalid config key, unreadable data, checkpoints that do not match the
 config) ends the run with a one-line message naming the problem and the fix, and exit code 1.
 """
 
+import errno
 import re
 import sys
 
@@ -21,6 +25,7 @@ from ml_collections import config_flags
 from latentadv import checkpoint
 from latentadv import compilation
 from latentadv import parallel
+from latentadv import preemption
 from latentadv import train
 from latentadv import validation
 from latentadv.data import datasets
@@ -83,9 +88,19 @@ def main(argv):
     _hide_accelerators_from_tensorflow()
   logging.info('Config:\n%s', FLAGS.config)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    with preemption.handle_signals():
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (validation.ConfigError, datasets.DataError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
+  except OSError as error:
+    if error.errno != errno.ENOSPC:
+      raise
+    sys.exit(f'DiskFullError: no space left on the device to write {error.filename}. Fix: free '
+             'disk space there (or use a --workdir on a larger disk) and run the same command '
+             'again to resume.')
+  except preemption.Preempted as stop:
+    logging.warning('%s', stop)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == '__main__':
