@@ -128,6 +128,7 @@ class Checkpoints:
           self._manager.delete(damaged)
         logging.warning('Restored step %d; deleted the damaged step(s) %s.', step,
                         [damaged for damaged, _ in failures])
+      _check_finite(restored.state, step, directory)
       return restored.state, restored.progress
     if failures:
       raise CheckpointError(
@@ -203,6 +204,32 @@ class Checkpoints:
           'resume.') from error
 
 
+# Keys that may change between the runs of one workdir: where the same data is read from, and
+# how (both pipelines give the same batches).
+_SAME_DATA_KEYS = ('data.dir', 'data.tfds_data_dir', 'data.pipeline')
+
+
+def check_config(workdir: str, config: dict):
+  """Raises CheckpointMismatchError if `workdir`'s config.json (if any) describes another run
+  than `config` (a ConfigDict's to_dict()); only the keys in _SAME_DATA_KEYS may differ."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    written = ocp.tree.to_flat_dict(json.load(f), sep='.')
+  current = ocp.tree.to_flat_dict(json.loads(json.dumps(config)), sep='.')
+  differences = [key for key in sorted(written.keys() | current.keys())
+                 if written.get(key, '(none)') != current.get(key, '(none)')
+                 and key not in _SAME_DATA_KEYS]
+  if differences:
+    key = differences[0]
+    more = f' (and {len(differences) - 1} more keys)' if len(differences) > 1 else ''
+    raise CheckpointMismatchError(
+        f'{path} was written by another config: {key} is {written.get(key, "(none)")!r} there '
+        f'and {current.get(key, "(none)")!r} here{more}. Fix: run with the config written there '
+        '(the same --config and overrides), or use a new --workdir.')
+
+
 def abstract_like(tree):
   """jax.ShapeDtypeStruct (with the sharding) of every array in `tree`: what restore takes."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -214,6 +241,20 @@ def _all_finite(tree) -> jax.Array:
   """True if every floating-point value in `tree` is finite (a scalar bool array)."""
   return jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
                     if jnp.issubdtype(x.dtype, jnp.inexact)]).all()
+
+
+def _check_finite(state, step: int, directory) -> None:
+  """Raises CheckpointError naming the first array of the restored `state` (of checkpoint
+  `step` in `directory`) with a NaN or infinite value."""
+  if bool(_all_finite(state)):
+    return
+  bad = next(name for name, value in ocp.tree.to_flat_dict(state, sep='/').items()
+             if jnp.issubdtype(value.dtype, jnp.inexact) and not bool(jnp.isfinite(value).all()))
+  raise CheckpointError(
+      f'The checkpoint at step {step} in {directory} holds NaN or infinite values (in {bad}); '
+      'no training run saves such a state, so the files were changed since. Fix: delete '
+      f'{os.path.join(directory, str(step))} to resume from the checkpoint before it, or use '
+      'a new --workdir.')
 
 
 def _is_disk_full(error: BaseException) -> bool:

@@ -47,18 +47,23 @@ def _quiet_libraries(record) -> bool:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; an override of a key the config lacks exits with one line."""
+  """absl's flag parsing; a key the config lacks, set by an override or by the config file,
+  exits with one line."""
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:  # how the locked ConfigDict rejects a key
-    key = (re.findall(r'\w+', str(error)) or [''])[0]
+    named = re.search(r'Key "(\w+)"', str(error))
+    key = named.group(1) if named else (re.findall(r'\w+', str(error)) or [''])[0]
     overrides = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
     flag = next((name for name in overrides if key in name.split('.')), None)
-    if flag is None:
+    config_file = next((arg.split('=', 1)[1].split(':')[0] for arg in argv
+                        if arg.startswith('--config=')), None)
+    if flag is None and not (named and config_file):
       raise
     suggestion = re.search(r'Did you mean "(\w+)"', str(error))
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
-    sys.exit(f'ConfigError: {flag} names no config key: there is no {key!r}{hint}. Fix: '
+    where = f'{flag} names no config key' if flag else f'{config_file} sets a key the config lacks'
+    sys.exit(f'ConfigError: {where}: there is no {key!r}{hint}. Fix: '
              'spell it as in latentadv/base_config.py, which lists every key.')
 
 

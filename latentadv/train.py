@@ -172,6 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed_axis.stack([train_state.init_state(model, tx, init_rng, image_shape, carry)
                        for init_rng in init_rngs]), seed_axis.state_sharding())
   rng = seed_axis.stack(rngs)  # placed by the jitted step's in_shardings
+  checkpoint.check_config(workdir, config.to_dict())
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
                                        config.train.checkpoints_to_keep,
                                        remove_interrupted_saves=True)
