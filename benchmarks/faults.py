@@ -56,7 +56,7 @@ from latentadv import train_state
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', os.path.join('..', 'shared', 'data'),
                     'Directory with mnist/ and cifar10/ (the canonical files).')
-flags.DEFINE_integer('tries', 20, 'Interrupted runs (>= 5: every moment at least once).')
+flags.DEFINE_integer('tries', 20, 'Interrupted runs (at least 8 of them at the named moments).')
 flags.DEFINE_integer('seed', 0, 'Seed of the random moments.')
 flags.DEFINE_string('output', None, 'Where to write the JSON results (and .md beside it).')
 
@@ -162,12 +162,13 @@ def interruptions(reference: str, base: str, data_dir: str, tries: int, seed: in
                   run_seconds: float) -> list[dict]:
   """`tries` interrupted and resumed runs; one record each."""
   rng = random.Random(seed)
-  plan = [MOMENTS[1 + k % 4] for k in range(max(4, tries // 2))]
-  plan = [MOMENTS[0]] * (tries - len(plan)) + plan
+  numbers = (signal.SIGKILL, signal.SIGTERM)
+  targeted = max(8, tries // 2)  # each moment with each signal at least once
+  plan = [(MOMENTS[0], numbers[k % 2]) for k in range(tries - targeted)]
+  plan += [(MOMENTS[1 + (k // 2) % 4], numbers[k % 2]) for k in range(targeted)]
   records = []
-  for k, moment in enumerate(plan):
+  for k, (moment, number) in enumerate(plan):
     workdir = os.path.join(base, f'try_{k}')
-    number = (signal.SIGKILL, signal.SIGTERM)[k % 2]
     delay = rng.uniform(0, run_seconds) if moment == MOMENTS[0] else rng.uniform(0, 1.0)
     record = _interrupt(workdir, data_dir, moment, number, delay,
                         os.path.join(base, f'try_{k}.log'))
@@ -380,8 +381,10 @@ def main(argv):
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   run_seconds = time.monotonic() - start
   print(f'uninterrupted run: {run_seconds:.1f} s', flush=True)
+  others = [disk_full(reference, base, data_dir)]
+  print(others[0], flush=True)
+  others += damaged_inputs(reference, base, data_dir)
   interrupted = interruptions(reference, base, data_dir, FLAGS.tries, FLAGS.seed, run_seconds)
-  others = [disk_full(reference, base, data_dir), *damaged_inputs(reference, base, data_dir)]
   rows = table(interrupted, others)
   command = ('python benchmarks/faults.py --data_dir=../shared/data '
              f'--tries={FLAGS.tries} --seed={FLAGS.seed}')

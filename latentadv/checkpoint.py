@@ -196,12 +196,11 @@ class Checkpoints:
       if not _is_disk_full(error):
         raise
       complete = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
-      newest = f'is step {complete[-1]}' if complete else 'does not exist yet'
+      newest = f' (the newest there: step {complete[-1]})' if complete else ''
       raise DiskFullError(
           f'No space left on the device of {self.directory} while saving a checkpoint; the '
-          f'complete checkpoints there are intact (the newest {newest}). Fix: free disk space '
-          'there (or use a --workdir on a larger disk) and run the same command again to '
-          'resume.') from error
+          f'checkpoints saved before are intact{newest}. Fix: free disk space there (or use a '
+          '--workdir on a larger disk) and run the same command again to resume.') from error
 
 
 # Keys that may change between the runs of one workdir: where the same data is read from, and

@@ -13,6 +13,7 @@ config) ends the run with a one-line message naming the problem and the fix, and
 """
 
 import errno
+import os
 import re
 import sys
 
@@ -95,6 +96,11 @@ def main(argv):
   try:
     with preemption.handle_signals():
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except checkpoint.DiskFullError as error:
+    # orbax's writer threads failed and cannot be shut down cleanly: leave at once, with the
+    # message as the last line rather than their tracebacks at interpreter exit.
+    print(' '.join(f'{type(error).__name__}: {error}'.split()), file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
   except (validation.ConfigError, datasets.DataError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
   except OSError as error:
