@@ -54,12 +54,6 @@ from latentadv import preemption
 from latentadv import train_state
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('data_dir', os.path.join('..', 'shared', 'data'),
-                    'Directory with mnist/ and cifar10/ (the canonical files).')
-flags.DEFINE_integer('tries', 20, 'Interrupted runs (at least 8 of them at the named moments).')
-flags.DEFINE_integer('seed', 0, 'Seed of the random moments.')
-flags.DEFINE_string('output', None, 'Where to write the JSON results (and .md beside it).')
-
 TOTAL_STEPS = 32
 _RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=local',
               '--config.data.num_train_examples=1024')
@@ -164,8 +158,8 @@ def interruptions(reference: str, base: str, data_dir: str, tries: int, seed: in
   rng = random.Random(seed)
   numbers = (signal.SIGKILL, signal.SIGTERM)
   targeted = max(8, tries // 2)  # each moment with each signal at least once
-  plan = [(MOMENTS[0], numbers[k % 2]) for k in range(tries - targeted)]
-  plan += [(MOMENTS[1 + (k // 2) % 4], numbers[k % 2]) for k in range(targeted)]
+  plan = [(MOMENTS[1 + (k // 2) % 4], numbers[k % 2]) for k in range(targeted)]
+  plan += [(MOMENTS[0], numbers[k % 2]) for k in range(tries - targeted)]
   records = []
   for k, (moment, number) in enumerate(plan):
     workdir = os.path.join(base, f'try_{k}')
@@ -400,4 +394,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.DEFINE_string('data_dir', os.path.join('..', 'shared', 'data'),
+                      'Directory with mnist/ and cifar10/ (the canonical files).')
+  flags.DEFINE_integer('tries', 20, 'Interrupted runs (at least 8 of them at the named moments).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the random moments.')
+  flags.DEFINE_string('output', None, 'Where to write the JSON results (and .md beside it).')
   app.run(main)

@@ -27,8 +27,9 @@ _QUICK = ('--config.train.eval_every_epochs=0', '--config.train.collapse_monitor
 
 def test_sigterm_mid_run_saves_the_step_reached_and_the_rerun_ends_bitwise_equal(tmp_path):
   reference, stopped = str(tmp_path / 'reference'), str(tmp_path / 'stopped')
-  uninterrupted = subprocess.Popen(faults.main_command(reference, DATA_ROOT, *_QUICK), cwd=REPO_ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  uninterrupted = subprocess.Popen(faults.main_command(reference, DATA_ROOT, *_QUICK),
+                                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
   victim = subprocess.Popen(faults.main_command(stopped, DATA_ROOT, *_QUICK), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   # Once the first checkpoint (step 1) is on disk; a second signal while it stops.
