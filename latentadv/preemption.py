@@ -20,7 +20,9 @@ later. Inside `handle_signals()` (latentadv.main uses it):
 
 Test hook: with the environment variable LATENTADV_PAUSE_AT=<point>, the process waits at the
 named point (up to an hour, or until a stop signal) so that a test can signal or kill it
-there; the points are listed in PAUSE_POINTS. docs/preemption.md describes all of this.
+there. The points are 'write:<name>' between writing a JSON file (config.json, results.json,
+...; checkpoint.write_json_atomically) to a temporary file and renaming it. docs/preemption.md
+describes all of this.
 """
 
 import contextlib
@@ -37,7 +39,6 @@ from jax.experimental import multihost_utils
 EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PAUSE_VARIABLE = 'LATENTADV_PAUSE_AT'
-PAUSE_POINTS = ('write:config.json', 'write:results.json')
 _PAUSE_SECONDS = 3600.0
 
 
@@ -153,9 +154,8 @@ def _after_training_message(name: str) -> str:
 
 
 def pause_point(name: str):
-  """The test hook: waits here if LATENTADV_PAUSE_AT names `name` (one of PAUSE_POINTS)
-  until a stop signal arrives or an hour has passed, after printing 'paused at <name>' to
-  stderr."""
+  """The test hook: waits here if LATENTADV_PAUSE_AT names `name` until a stop signal arrives or an hour has passed, after printing 'paused at <name>' to
+  stderr. Single-process runs only (with several, JAX's preemption service takes SIGTERM)."""
   if os.environ.get(PAUSE_VARIABLE) != name:
     return
   print(f'paused at {name}', file=sys.stderr, flush=True)
