@@ -10,6 +10,8 @@ reported and the next older one restored (the trainer deletes the damaged one); 
 whose arrays do not match the config's state raises CheckpointMismatchError.
 """
 
+import contextlib
+import errno
 import json
 import os
 
@@ -17,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+from latentadv import preemption
 
 
 BEST_SUBDIR = 'checkpoints_best'  # the collapse monitor's best state (latentadv/collapse_monitor.py)
@@ -57,6 +61,10 @@ class CheckpointMismatchError(CheckpointError):
   """A checkpoint holds a different training state (model, optimizer) than the config builds."""
 
 
+class DiskFullError(CheckpointError):
+  """The disk filled up while a checkpoint was written; the older checkpoints are intact."""
+
+
 class Checkpoints:
   """Saves to `<workdir>/<subdir>` every `every_steps` steps and restores the latest step.
 
@@ -73,6 +81,11 @@ class Checkpoints:
         os.path.abspath(os.path.join(workdir, subdir)), options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'progress': ocp.JsonCheckpointHandler()})
+
+  @property
+  def directory(self) -> str:
+    """The folder of the checkpoint steps."""
+    return str(self._manager.directory)
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None."""
@@ -115,6 +128,7 @@ class Checkpoints:
           self._manager.delete(damaged)
         logging.warning('Restored step %d; deleted the damaged step(s) %s.', step,
                         [damaged for damaged, _ in failures])
+      _check_finite(restored.state, step, directory)
       return restored.state, restored.progress
     if failures:
       raise CheckpointError(
@@ -157,17 +171,62 @@ class Checkpoints:
           f'The training state at step {step} has NaN or infinite values; not saving it. The '
           f'last good checkpoint is step {self.latest_step()} in {self._manager.directory}. '
           'Lower config.optim.learning_rate or check the data and the method config.')
-    return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)), force=force)
+    with self._reporting_full_disk():
+      return self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+                                force=force)
 
   def wait_until_finished(self):
     """Blocks until pending saves are complete on disk."""
-    self._manager.wait_until_finished()
+    with self._reporting_full_disk():
+      self._manager.wait_until_finished()
 
   def close(self):
     """Waits for pending saves to finish and releases the manager."""
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     self._manager.close()
+
+  @contextlib.contextmanager
+  def _reporting_full_disk(self):
+    """Turns a save that failed for want of disk space (here or in orbax's background
+    thread) into a one-line DiskFullError naming the newest complete checkpoint."""
+    try:
+      yield
+    except Exception as error:  # tensorstore reports ENOSPC as ValueError, Python as OSError
+      if not _is_disk_full(error):
+        raise
+      complete = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+      newest = f' (the newest there: step {complete[-1]})' if complete else ''
+      raise DiskFullError(
+          f'No space left on the device of {self.directory} while saving a checkpoint; the '
+          f'checkpoints saved before are intact{newest}. Fix: free disk space there (or use a '
+          '--workdir on a larger disk) and run the same command again to resume.') from error
+
+
+# Keys that may change between the runs of one workdir: where the same data is read from, and
+# how (both pipelines give the same batches).
+_SAME_DATA_KEYS = ('data.dir', 'data.tfds_data_dir', 'data.pipeline')
+
+
+def check_config(workdir: str, config: dict):
+  """Raises CheckpointMismatchError if `workdir`'s config.json (if any) describes another run
+  than `config` (a ConfigDict's to_dict()); only the keys in _SAME_DATA_KEYS may differ."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    written = ocp.tree.to_flat_dict(json.load(f), sep='.')
+  current = ocp.tree.to_flat_dict(json.loads(json.dumps(config)), sep='.')
+  differences = [key for key in sorted(written.keys() | current.keys())
+                 if written.get(key, '(none)') != current.get(key, '(none)')
+                 and key not in _SAME_DATA_KEYS]
+  if differences:
+    key = differences[0]
+    more = f' (and {len(differences) - 1} more keys)' if len(differences) > 1 else ''
+    raise CheckpointMismatchError(
+        f'{path} was written by another config: {key} is {written.get(key, "(none)")!r} there '
+        f'and {current.get(key, "(none)")!r} here{more}. Fix: run with the config written there '
+        '(the same --config and overrides), or use a new --workdir.')
 
 
 def abstract_like(tree):
@@ -183,6 +242,30 @@ def _all_finite(tree) -> jax.Array:
                     if jnp.issubdtype(x.dtype, jnp.inexact)]).all()
 
 
+def _check_finite(state, step: int, directory) -> None:
+  """Raises CheckpointError naming the first array of the restored `state` (of checkpoint
+  `step` in `directory`) with a NaN or infinite value."""
+  if bool(_all_finite(state)):
+    return
+  bad = next(name for name, value in ocp.tree.to_flat_dict(state, sep='/').items()
+             if jnp.issubdtype(value.dtype, jnp.inexact) and not bool(jnp.isfinite(value).all()))
+  raise CheckpointError(
+      f'The checkpoint at step {step} in {directory} holds NaN or infinite values (in {bad}); '
+      'no training run saves such a state, so the files were changed since. Fix: delete '
+      f'{os.path.join(directory, str(step))} to resume from the checkpoint before it, or use '
+      'a new --workdir.')
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """True if `error` (or an error it was raised from) says that the disk is full."""
+  while error is not None:
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        'No space left on device' in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def _one_line(error: Exception, limit: int = 200) -> str:
   """'Type: message' of `error` on one line, cut to about `limit` characters."""
   text = ' '.join(f'{type(error).__name__}: {error}'.split())
@@ -196,4 +279,5 @@ def write_json_atomically(path: str, record: dict):
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     json.dump(record, f, indent=2, sort_keys=True)
+  preemption.pause_point(f'write:{os.path.basename(path)}')
   os.replace(tmp, path)

@@ -5,10 +5,15 @@
 
 Re-running the same command resumes from the latest checkpoint in DIR. Multi-process runs add
 --coordinator_address, --num_processes and --process_id (see parallel.initialize and launch/).
+SIGTERM or SIGINT (a preemption) saves the step reached, in every process, and ends the run
+with exit status 75 (preemption.EXIT_CODE): run the same command again to resume
+(docs/preemption.md).
 Bad input (an unknown or invalid config key, unreadable data, checkpoints that do not match the
 config) ends the run with a one-line message naming the problem and the fix, and exit code 1.
 """
 
+import errno
+import os
 import re
 import sys
 
@@ -21,6 +26,7 @@ from ml_collections import config_flags
 from latentadv import checkpoint
 from latentadv import compilation
 from latentadv import parallel
+from latentadv import preemption
 from latentadv import train
 from latentadv import validation
 from latentadv.data import datasets
@@ -42,18 +48,23 @@ def _quiet_libraries(record) -> bool:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; an override of a key the config lacks exits with one line."""
+  """absl's flag parsing; a key the config lacks, set by an override or by the config file,
+  exits with one line."""
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:  # how the locked ConfigDict rejects a key
-    key = (re.findall(r'\w+', str(error)) or [''])[0]
+    named = re.search(r'Key "(\w+)"', str(error))
+    key = named.group(1) if named else (re.findall(r'\w+', str(error)) or [''])[0]
     overrides = [arg.split('=')[0] for arg in argv if arg.startswith('--config.')]
     flag = next((name for name in overrides if key in name.split('.')), None)
-    if flag is None:
+    config_file = next((arg.split('=', 1)[1].split(':')[0] for arg in argv
+                        if arg.startswith('--config=')), None)
+    if flag is None and not (named and config_file):
       raise
     suggestion = re.search(r'Did you mean "(\w+)"', str(error))
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
-    sys.exit(f'ConfigError: {flag} names no config key: there is no {key!r}{hint}. Fix: '
+    where = f'{flag} names no config key' if flag else f'{config_file} sets a key the config lacks'
+    sys.exit(f'ConfigError: {where}: there is no {key!r}{hint}. Fix: '
              'spell it as in latentadv/base_config.py, which lists every key.')
 
 
@@ -83,9 +94,24 @@ def main(argv):
     _hide_accelerators_from_tensorflow()
   logging.info('Config:\n%s', FLAGS.config)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    with preemption.handle_signals():
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except checkpoint.DiskFullError as error:
+    # orbax's writer threads failed and cannot be shut down cleanly: leave at once, with the
+    # message as the last line rather than their tracebacks at interpreter exit.
+    print(' '.join(f'{type(error).__name__}: {error}'.split()), file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
   except (validation.ConfigError, datasets.DataError, checkpoint.CheckpointError) as error:
     sys.exit(' '.join(f'{type(error).__name__}: {error}'.split()))
+  except OSError as error:
+    if error.errno != errno.ENOSPC:
+      raise
+    sys.exit(f'DiskFullError: no space left on the device to write {error.filename}. Fix: free '
+             'disk space there (or use a --workdir on a larger disk) and run the same command '
+             'again to resume.')
+  except preemption.Preempted as stop:
+    logging.warning('%s', stop)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == '__main__':

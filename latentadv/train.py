@@ -21,6 +21,7 @@ from latentadv import metric_log
 from latentadv import methods
 from latentadv import collapse_monitor
 from latentadv import parallel
+from latentadv import preemption
 from latentadv import seeds
 from latentadv import train_state
 from latentadv import validation
@@ -169,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed_axis.stack([train_state.init_state(model, tx, init_rng, image_shape, carry)
                        for init_rng in init_rngs]), seed_axis.state_sharding())
   rng = seed_axis.stack(rngs)  # placed by the jitted step's in_shardings
+  checkpoint.check_config(workdir, config.to_dict())
   checkpoints = checkpoint.Checkpoints(workdir, config.train.checkpoint_every_steps,
                                        config.train.checkpoints_to_keep,
                                        remove_interrupted_saves=True)
@@ -218,10 +220,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, metrics = train_step(state, batch, rng)
     pending.append(metrics)
     done = step + 1
+    stop = preemption.stop_at(done)
     report_progress(done)
     epoch_end = done % steps_per_epoch == 0
     if (done % config.train.log_every_steps == 0 or epoch_end
-        or done % config.train.checkpoint_every_steps == 0 or done == total_steps):
+        or done % config.train.checkpoint_every_steps == 0 or done == total_steps or stop):
       fetched = jax.device_get(pending)
       _check_finite(fetched, pending_start, checkpoints, workdir)
       for k, tag in enumerate(tags):
@@ -252,11 +255,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = kept_states[0]
       segment_start = time.perf_counter()
     stopped = any(monitor.stopped for monitor in monitors)
-    checkpoints.save(done, state, progress, force=done == total_steps or stopped)
+    if stop:
+      progress['train_seconds'] += time.perf_counter() - segment_start
+    checkpoints.save(done, state, progress, force=done == total_steps or stopped or stop)
+    if stop:
+      checkpoints.close()
+      writer.close()
+      raise preemption.training_stopped(done, total_steps, checkpoints.directory)
     if stopped:
       break
   checkpoints.close()
   writer.flush()
+  preemption.after_training()
 
   final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd.steps,
                                restarts=config.eval.pgd.restarts)

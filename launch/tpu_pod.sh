@@ -19,6 +19,11 @@
 #          RUN_NAME=imagenet_slat BUCKET=my-bucket launch/tpu_pod.sh
 #      (preparing ImageNet takes hours on one host; later runs skip it);
 #   5. train on all hosts at once.
+# Preemption and maintenance (docs/preemption.md): a SIGTERM to the training on any host (a
+# maintenance event or a preemption notice) makes every host stop at the same step and save it;
+# the script then exits with status 75. A spot or preemptible TPU that was taken back has to be
+# deleted and created again (step 1 creates it when TPU_NAME does not exist). Either way,
+# running this script again with the same settings resumes the run from its last checkpoint.
 # The TPU VMs' service account needs read/write access to the bucket.
 set -euo pipefail
 
@@ -85,8 +90,14 @@ tfds.builder(\"${DATASET}\", file_format=\"${FILE_FORMAT}\").download_and_prepar
     download_config=tfds.download.DownloadConfig(manual_dir=\"${MANUAL_DIR}\"))'"
 
 # 5. Training: the same command on every host; the global batch is config.optim.batch_size.
+status=0
 "${gcloud_tpu[@]}" ssh "$TPU_NAME" --worker=all --command="set -euo pipefail
   cd ~/latentadv
   TFDS_DATA_DIR=${TFDS_DATA_DIR} ~/venv/bin/python -m latentadv.main --config=${CONFIG} \
-    --workdir=${WORKDIR} --num_processes=${num_hosts}${main_flags}"
+    --workdir=${WORKDIR} --num_processes=${num_hosts}${main_flags}" || status=$?
+if ((status != 0)); then
+  echo "Training stopped (exit status ${status}; 75: preempted, the step reached is saved)." \
+    "Run this script again with the same settings to resume." >&2
+  exit "$status"
+fi
 echo "Done. Results: gs://${BUCKET}/runs/${RUN_NAME}/results.json"

@@ -42,8 +42,9 @@ def _smoke_config(method='fgsm_rs'):
   return config
 
 
-def _main_command(workdir: str, *overrides: str) -> list[str]:
-  return [sys.executable, '-m', 'latentadv.main', '--config=configs/mnist_fgsm_rs.py:smoke',
+def _main_command(workdir: str, *overrides: str,
+                  config: str = 'configs/mnist_fgsm_rs.py:smoke') -> list[str]:
+  return [sys.executable, '-m', 'latentadv.main', f'--config={config}',
           f'--workdir={workdir}', '--config.data.source=local', f'--config.data.dir={MNIST_DIR}',
           '--config.train.eval_every_epochs=0', '--config.eval.n_examples=64',
           '--config.eval.pgd.steps=2', '--config.eval.pgd.restarts=1', *overrides]
@@ -351,25 +352,45 @@ def _write_checkpoint_of_another_model(workdir: str):
 def test_bad_input_ends_with_one_line_naming_the_problem_and_the_fix(tmp_path):
   mismatch_dir = str(tmp_path / 'mismatch')
   _write_checkpoint_of_another_model(mismatch_dir)
-  cases = {  # name: (overrides, workdir, fragments the message must contain)
-      'unknown key': (['--config.method.epsilon=0.1'], str(tmp_path / 'a'),
+  other_config_dir = str(tmp_path / 'other_config')
+  os.makedirs(other_config_dir)
+  other_config = _smoke_config()
+  other_config.method.eps = 0.2
+  checkpoint.write_json_atomically(os.path.join(other_config_dir, 'config.json'),
+                                   other_config.to_dict())
+  misspelt_recipe = tmp_path / 'misspelt.py'
+  misspelt_recipe.write_text('from configs import mnist_fgsm_rs\n\n\ndef get_config(preset=""):\n'
+                             '  config = mnist_fgsm_rs.get_config(preset)\n'
+                             '  config.optim.learnig_rate = 0.1\n  return config\n')
+  cases = {  # name: (command, fragments the last line must contain)
+      'unknown key': (_main_command(str(tmp_path / 'a'), '--config.method.epsilon=0.1'),
                       ['ConfigError:', '--config.method.epsilon', 'latentadv/base_config.py']),
-      'invalid value': (['--config.method.eps=-0.1'], str(tmp_path / 'b'),
+      'invalid value': (_main_command(str(tmp_path / 'b'), '--config.method.eps=-0.1'),
                         ['ConfigError:', 'config.method.eps = -0.1', 'expected eps >= 0']),
-      'wrong data dir': ([f'--config.data.dir={tmp_path / "nowhere"}'], str(tmp_path / 'c'),
+      'wrong data dir': (_main_command(str(tmp_path / 'c'),
+                                       f'--config.data.dir={tmp_path / "nowhere"}'),
                          ['DataError:', 'does not exist', 'Fix: point config.data.dir']),
-      'mismatched checkpoint': ([], mismatch_dir,
+      'mismatched checkpoint': (_main_command(mismatch_dir),
                                 ['CheckpointMismatchError:', 'does not match this config',
                                  'Fix: run with the config']),
+      'workdir of another config': (_main_command(other_config_dir),
+                                    ['CheckpointMismatchError:', 'config.json was written by '
+                                     'another config', 'Fix: run with the config written there']),
+      'misspelt key in a config file': (
+          _main_command(str(tmp_path / 'e'), config=f'{misspelt_recipe}:smoke'),
+          ['ConfigError:', 'misspelt.py sets a key the config lacks',
+           "did you mean 'learning_rate'?", 'Fix:']),
   }
-  runs = {name: subprocess.Popen(_main_command(workdir, *overrides), cwd=REPO_ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-          for name, (overrides, workdir, _) in cases.items()}
+  runs = {name: subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+          for name, (command, _) in cases.items()}
   for name, run in runs.items():
     _, stderr = run.communicate(timeout=600)
     last_line = stderr.strip().splitlines()[-1]
     assert run.returncode == 1, (name, stderr[-3000:])
     assert 'Traceback' not in stderr, (name, stderr[-3000:])
-    assert all(fragment in last_line for fragment in cases[name][2]), (name, last_line)
-  # The failed run did not replace the record of the config the checkpoints belong to.
+    assert all(fragment in last_line for fragment in cases[name][1]), (name, last_line)
+  # The failed runs did not replace the record of the config the checkpoints belong to.
   assert not os.path.exists(os.path.join(mismatch_dir, 'config.json'))
+  assert os.listdir(other_config_dir) == ['config.json']
+  assert evaluate.load_config(other_config_dir).method.eps == 0.2
