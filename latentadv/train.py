@@ -382,7 +382,7 @@ def _epoch_line(config: ml_collections.ConfigDict, record: dict, fetched: list[d
   means = {name: np.mean([_seed_value(m[name], k) for m in fetched])
            for name in ('loss', 'accuracy') if name in fetched[-1]}
   if 'loss' in means:
-    parts.append(f'loss {means["loss"]:.3g}')
+    parts.append(f'loss {means["loss"]:.2f}')
   if 'accuracy' in means:
     parts.append(f'train {_percent(means["accuracy"])}')
   pgd = _pgd_name(config.eval.periodic_pgd_steps, config.eval.periodic_pgd_restarts)
