@@ -71,7 +71,7 @@ class TimeLeft:
                            key=lambda e: (e.step, e.kind == FINAL))
     self._origin = None  # (step, time) at the end of the first step
     self._synced_step = None  # the latest synchronised step
-    self._train_seconds = 0.0  # from the origin to the latest synchronised step, evaluations excluded
+    self._train_seconds = 0.0  # origin to latest synchronised step, evaluations excluded
     self._mark = None  # when training time last started to count: a sync or an evaluation's end
     self._current = None  # (Evaluation, start time) of the evaluation running now
     self._measured = []  # (work, seconds) of each periodic evaluation
