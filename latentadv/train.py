@@ -269,11 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd_steps,
                                restarts=config.eval.pgd_restarts)
-  evaluations = seed_axis.num_seeds + sum(monitor.keeps_best for monitor in monitors)
   display.begin_evaluation(
-      training_progress.Evaluation(training_progress.FINAL, total_steps, evaluations *
-                                   training_progress.attack_work(n_final, config.eval.pgd_steps,
-                                                                 config.eval.pgd_restarts)),
+      _final_evaluation(config, total_steps, n_final, seed_axis.num_seeds + sum(
+          monitor.keeps_best for monitor in monitors)),
       f'final evaluation: {_pgd_name(config.eval.pgd_steps, config.eval.pgd_restarts)} on '
       f'{n_final} test examples')
   seed_results = []
@@ -322,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     results.update({key: value for key, value in seed_results[0].items() if key != 'seed'})
   checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
-  _log_results(config, seed_results, seed_axis.stacked,
+  _log_results(config, seed_results, results.get('summary'),
                f'{training_progress.format_duration(progress["train_seconds"])} of training; '
                f'{os.path.join(workdir, "results.json")}')
   return results
@@ -354,19 +352,25 @@ def _periodic_evaluation(config: ml_collections.ConfigDict, epoch: int, step: in
                                     config.eval.periodic_pgd_restarts)))
 
 
+def _final_evaluation(config: ml_collections.ConfigDict, step: int, n_final: int,
+                      evaluations: int) -> training_progress.Evaluation:
+  """The final evaluation after `step`: `evaluations` model states on `n_final` examples."""
+  return training_progress.Evaluation(training_progress.FINAL, step, evaluations * (
+      training_progress.attack_work(n_final, config.eval.pgd_steps, config.eval.pgd_restarts)))
+
+
 def _evaluation_plan(config: ml_collections.ConfigDict, steps_per_epoch: int, num_seeds: int,
                      n_monitor: int, n_final: int) -> list[training_progress.Evaluation]:
   """Every evaluation of a run: after each epoch the periodic ones that it has, at the end
   the final evaluation of each model's last state on `n_final` test examples."""
   periodic = [_periodic_evaluation(config, epoch, epoch * steps_per_epoch, num_seeds, n_monitor)
               for epoch in range(1, config.optim.epochs + 1)]
-  final = training_progress.Evaluation(
-      training_progress.FINAL, config.optim.epochs * steps_per_epoch, num_seeds *
-      training_progress.attack_work(n_final, config.eval.pgd_steps, config.eval.pgd_restarts))
+  final = _final_evaluation(config, config.optim.epochs * steps_per_epoch, n_final, num_seeds)
   return [evaluation for evaluation in periodic if evaluation.work] + [final]
 
 
 def _percent(fraction: float) -> str:
+  """'43.0 %'."""
   return f'{100 * fraction:.1f} %'
 
 
@@ -395,11 +399,13 @@ def _epoch_line(config: ml_collections.ConfigDict, record: dict, fetched: list[d
   return '  '.join(parts)
 
 
-def _log_results(config: ml_collections.ConfigDict, seed_results: list[dict], stacked: bool,
-                 note: str):
-  """Logs the final evaluation as a small table: per model its last state and, where the
-  collapse monitor kept the best one, that state, the kept one marked; then for several
-  models the mean and std of the kept states. Warns for each model that collapsed."""
+def _log_results(config: ml_collections.ConfigDict, seed_results: list[dict],
+                 summary: dict | None, note: str):
+  """Logs the final evaluation as a small table: per model (a seed record of results.json)
+  its last state and, where the collapse monitor kept the best one, that state, the kept one
+  marked; then for several models the mean and std of the kept states (their `summary`).
+  Warns for each model that collapsed."""
+  stacked = summary is not None
   pgd = _pgd_name(config.eval.pgd_steps, config.eval.pgd_restarts)
   rows = [['seed'] * stacked + ['state', 'epoch', 'clean', pgd, '']]
   for result in seed_results:
@@ -418,7 +424,6 @@ def _log_results(config: ml_collections.ConfigDict, seed_results: list[dict], st
                      for cell, width, right in zip(row, widths, numeric)).rstrip()
            for row in rows]
   if stacked:
-    summary = seeds.summary(seed_results)
     lines.append('kept states: ' + ', '.join(
         f'{label} {100 * summary[key]["mean"]:.1f} +- {100 * summary[key]["std"]:.1f} %'
         for label, key in (('clean', 'clean_accuracy'), (pgd, 'robust_accuracy'))))
