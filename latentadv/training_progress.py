@@ -57,8 +57,9 @@ def format_duration(seconds: float) -> str:
 class TimeLeft:
   """The estimate of the module docstring, for one process's part of a run.
 
-  Call `step` after each training step, `begin_evaluation` / `end_evaluation` around each
-  evaluation; `clock` (seconds, monotonic) is injectable for tests.
+  Call `step` after each training step is dispatched, `synced` after its metrics are fetched,
+  `begin_evaluation` / `end_evaluation` around each evaluation; `clock` (seconds, monotonic) is
+  injectable for tests.
   """
 
   def __init__(self, total_steps: int, first_step: int, evaluations: Sequence[Evaluation],
@@ -111,7 +112,7 @@ class TimeLeft:
   @property
   def steps_per_second(self) -> float | None:
     """Training steps per second over the run so far (None before two synchronised steps)."""
-    if self._origin is None or self._synced_step <= self._origin[0]:
+    if self._origin is None or self._synced_step <= self._origin[0] or self._train_seconds <= 0:
       return None
     return (self._synced_step - self._origin[0]) / self._train_seconds
 
