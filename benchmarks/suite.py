@@ -137,7 +137,6 @@ def _load(workdir: str, seed_index: int | None = None) -> dict:
   with open(os.path.join(workdir, 'results.json')) as f:
     program = json.load(f)
   results = program if seed_index is None else {**program, **program['seeds'][seed_index]}
-  kept = results.get('kept_state', {'state': 'last', 'final': results['final']})
   run = {
       'workdir': os.path.relpath(workdir, REPO_ROOT), 'method': results['method'],
       'eps': results['eps'], 'seed_index': seed_index,
@@ -149,8 +148,8 @@ def _load(workdir: str, seed_index: int | None = None) -> dict:
       # None: trained without the collapse monitor.
       'collapsed': (bool(results['collapse_monitor']['collapses']) if 'collapse_monitor' in results
                     else None),
-      'kept_state': kept['state'], 'kept_epoch': kept.get('epoch'),
-      'kept_clean': kept['final']['clean_accuracy'], 'kept_pgd': kept['final']['pgd_accuracy'],
+      'kept_state': results['state'], 'kept_epoch': results['kept_state']['epoch'],
+      'kept_clean': results['clean_accuracy'], 'kept_pgd': results['robust_accuracy'],
       'autoattack_clean': None, 'autoattack': None, 'autoattack_per_attack': None,
       'autoattack_examples': FLAGS.autoattack_examples, 'autoattack_seconds': None,
       'autoattack_skipped': False, 'history': results['history'],

@@ -13,6 +13,7 @@ config) ends the run with a one-line message naming the problem and the fix, and
 """
 
 import errno
+import logging as python_logging
 import os
 import re
 import sys
@@ -42,9 +43,35 @@ flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_proce
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+# Modules whose INFO lines are detail in a training log: orbax's per-save lines, the evaluator's
+# per-attack lines (the trainer logs each evaluation's result).
+_DETAIL_PATHS = (f'{os.sep}orbax{os.sep}', f'{os.sep}latentadv{os.sep}evaluate')
+
+
 def _quiet_libraries(record) -> bool:
-  """Drops the per-save INFO lines of orbax; its warnings and errors still show."""
-  return record.levelno >= logging.converter.STANDARD_WARNING or '/orbax/' not in record.pathname
+  """Drops the INFO lines of _DETAIL_PATHS unless absl's verbosity is debug (-v 1); their
+  warnings and errors always show."""
+  return (record.levelno >= logging.converter.STANDARD_WARNING or logging.level_debug()
+          or not any(path in record.pathname for path in _DETAIL_PATHS))
+
+
+def _eps_text(eps: float) -> str:
+  """'8/255' for a multiple of 1/255, else eps as it is ('0.3')."""
+  steps = eps * 255
+  return f'{round(steps)}/255' if round(steps) and abs(steps - round(steps)) < 1e-6 else f'{eps:g}'
+
+
+def _run_line(config, workdir: str, recipe: str) -> str:
+  """One line naming the run: method, dataset, model, eps, preset, seeds, devices, workdir."""
+  preset = recipe.partition(':')[2]
+  seeds = (f'seed {config.seed}' if config.num_seeds == 1
+           else f'seeds {config.seed}-{config.seed + config.num_seeds - 1}')
+  devices = jax.device_count()
+  processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
+  return (f'{config.method.name} on {config.data.name} ({config.model.name}, eps '
+          f'{_eps_text(config.method.eps)}{", preset " + preset if preset else ""}), {seeds}, '
+          f'{devices} {jax.default_backend().upper()} device{"s" * (devices > 1)}{processes}, '
+          f'workdir {workdir}; every setting is in its config.json')
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -85,6 +112,8 @@ def _hide_accelerators_from_tensorflow():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not logging.level_debug():  # e.g. "Unable to initialize backend 'tpu'" where there is none
+    python_logging.getLogger('jax').setLevel(python_logging.WARNING)
   compilation.enable_cache()
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() > 0:
@@ -92,7 +121,9 @@ def main(argv):
   logging.get_absl_logger().addFilter(_quiet_libraries)
   if FLAGS.config.data.source == 'tfds':
     _hide_accelerators_from_tensorflow()
-  logging.info('Config:\n%s', FLAGS.config)
+  logging.info('%s', _run_line(FLAGS.config, FLAGS.workdir,
+                               config_flags.get_config_filename(FLAGS['config'])))
+  logging.debug('Config:\n%s', FLAGS.config)
   try:
     with preemption.handle_signals():
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -160,13 +160,17 @@ def mean_std(values: Sequence[float]) -> dict:
 
 
 def summary(seed_results: Sequence[dict]) -> dict:
-  """results.json's `summary` of K seed records (each with 'final' and 'kept_state'): mean and
-  std over seeds of the last and the kept state's clean and PGD accuracy, and how many seeds
-  the collapse monitor saw collapse (None where it was off)."""
+  """results.json's `summary` of K seed records (each with 'clean_accuracy' and
+  'robust_accuracy' of its kept state, 'final' and 'kept_state'): mean and std over seeds of
+  the kept states' clean and robust accuracy (the answer), of the last and the kept state's
+  clean and PGD accuracy, and how many seeds the collapse monitor saw collapse (None where it
+  was off)."""
   monitored = all('collapse_monitor' in result for result in seed_results)
   collapsed = sum(result['kept_state']['collapsed'] for result in seed_results)
   return {
       'num_seeds': len(seed_results),
+      **{key: mean_std([r[key] for r in seed_results])
+         for key in ('clean_accuracy', 'robust_accuracy')},
       'final': {key: mean_std([r['final'][key] for r in seed_results])
                 for key in ('clean_accuracy', 'pgd_accuracy')},
       'kept': {key: mean_std([r['kept_state']['final'][key] for r in seed_results])

@@ -24,6 +24,7 @@ from latentadv import parallel
 from latentadv import preemption
 from latentadv import seeds
 from latentadv import train_state
+from latentadv import training_progress
 from latentadv import validation
 from latentadv.data import datasets
 from latentadv.data import readers
@@ -132,12 +133,6 @@ class _PeriodicEval:
     return self._evaluator(variables, self._images, self._labels, jax.random.key(seed + 1))
 
 
-_KEPT_STATE_USE = ("the state that latentadv.evaluate.load_model, python -m latentadv.evaluate "
-                   "and python -m latentadv.export use by default: the best state (in "
-                   "checkpoints_best/) where the collapse monitor saw training collapse, else "
-                   "the last state; state='last' / --state=last picks the last state")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and writes the results of the run described by `config` into `workdir`.
 
@@ -198,22 +193,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed=seed, best_subdir=checkpoint.best_subdir(k if seed_axis.stacked else None))
               for k, seed in enumerate(seed_axis.seeds)]
   writer = metric_log.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  report_progress = metric_log.ProgressReport(total_steps, config.train.log_every_steps, writer)
   tags = [f'seed_{k}/' if seed_axis.stacked else '' for k in range(seed_axis.num_seeds)]
 
   first_step = _current_step(state)
-  logging.info('Training %s on %s (%s): %d epochs x %d steps, global batch %d, %d seed(s) '
-               '(seed loop %s, sharding %s), %d device(s).', config.method.name,
-               config.data.name, config.model.name, config.optim.epochs, steps_per_epoch,
-               config.optim.batch_size, seed_axis.num_seeds, seed_axis.loop, seed_axis.mode,
-               jax.device_count())
+  n_final = config.eval.n_examples or len(test_labels)
+  display = training_progress.Display(
+      total_steps, first_step, _evaluation_plan(config, steps_per_epoch, seed_axis.num_seeds,
+                                                len(monitor_labels), n_final),
+      enabled=jax.process_index() == 0)
+  logging.debug('%d epochs x %d steps, global batch %d, %d seed(s) (seed loop %s, sharding '
+                '%s), %d device(s).', config.optim.epochs, steps_per_epoch,
+                config.optim.batch_size, seed_axis.num_seeds, seed_axis.loop, seed_axis.mode,
+                jax.device_count())
   pending, pending_start = [], first_step
   stopped = any(monitor.stopped for monitor in monitors)
   last_step = first_step if stopped else total_steps
   minibatches = parallel.prefetch_to_device(
       train_data.batches(first_step // replays, -(-last_step // replays)), mesh,
       sharding=seed_axis.batch_sharding())
-  segment_start = time.perf_counter()
+  segment_start = epoch_start = time.perf_counter()
   for step in range(first_step, last_step):
     if step == first_step or step % replays == 0:
       batch = next(minibatches)
@@ -221,19 +219,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending.append(metrics)
     done = step + 1
     stop = preemption.stop_at(done)
-    report_progress(done)
+    display.step(done)
     epoch_end = done % steps_per_epoch == 0
     if (done % config.train.log_every_steps == 0 or epoch_end
         or done % config.train.checkpoint_every_steps == 0 or done == total_steps or stop):
       fetched = jax.device_get(pending)
+      display.synced(done)
       _check_finite(fetched, pending_start, checkpoints, workdir)
       for k, tag in enumerate(tags):
         writer.write_scalars(done, {f'{tag}train/{name}': float(np.mean(
             [_seed_value(m[name], k) for m in fetched])) for name in fetched[0]})
+      if display.time_left.steps_per_second is not None:
+        writer.write_scalars(done, {'steps_per_sec': display.time_left.steps_per_second})
       pending, pending_start = [], done
     if epoch_end:
       progress['train_seconds'] += time.perf_counter() - segment_start
       epoch = done // steps_per_epoch
+      display.begin_evaluation(_periodic_evaluation(config, epoch, done, seed_axis.num_seeds,
+                                                    len(monitor_labels)),
+                               f'epoch {epoch} evaluation')
       kept_states = []
       for k, seed in enumerate(seed_axis.seeds):
         record = {'epoch': epoch, 'step': done, 'train_seconds': progress['train_seconds'],
@@ -248,9 +252,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       f'{tags[k]}eval/pgd_accuracy': result['pgd_accuracy']})
         per_seed[k]['history'].append(record)
         kept_states.append(monitors[k].after_epoch(seed_state, epoch, done, per_seed[k]))
-        logging.info('Epoch %d/%d%s: %s', epoch, config.optim.epochs,
-                     f' (seed {seed})' if seed_axis.stacked else '',
-                     {name: round(v, 4) for name, v in record.items() if isinstance(v, float)})
+      display.end_evaluation()
+      for k, seed in enumerate(seed_axis.seeds):
+        logging.info('%s', _epoch_line(config, per_seed[k]['history'][-1], fetched, k,
+                                       seed if seed_axis.stacked else None,
+                                       time.perf_counter() - epoch_start))
+      epoch_start = time.perf_counter()
       if not seed_axis.stacked:  # train.collapse_stop may have restored the best state
         state = kept_states[0]
       segment_start = time.perf_counter()
@@ -261,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if stop:
       checkpoints.close()
       writer.close()
+      display.close()
       raise preemption.training_stopped(done, total_steps, checkpoints.directory)
     if stopped:
       break
@@ -270,16 +278,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   final = evaluate.from_config(model, mesh, config, steps=config.eval.pgd.steps,
                                restarts=config.eval.pgd.restarts)
-  n = config.eval.n_examples or len(test_labels)
+  display.begin_evaluation(
+      _final_evaluation(config, total_steps, n_final, seed_axis.num_seeds + sum(
+          monitor.keeps_best for monitor in monitors)),
+      f'final evaluation: {_pgd_name(config.eval.pgd.steps, config.eval.pgd.restarts)} on '
+      f'{n_final} test examples')
   seed_results = []
   for k, (seed, monitor, tag) in enumerate(zip(seed_axis.seeds, monitors, tags)):
 
     def final_evaluation(variables, which: str, seed=seed, k=k) -> dict:
       # Resumable: a rerun continues from the verdicts of the finished batches.
-      progress = os.path.join(workdir, f'final_eval_{which}' + (
+      progress_path = os.path.join(workdir, f'final_eval_{which}' + (
           f'_seed{k}' if seed_axis.stacked else '') + '.progress.npz')
-      return final(variables, test_images[:n], test_labels[:n], jax.random.key(seed + 2),
-                   progress_path=progress)
+      return final(variables, test_images[:n_final], test_labels[:n_final],
+                   jax.random.key(seed + 2), progress_path=progress_path)
 
     seed_state = seed_axis.select(state, k)
     final_result = final_evaluation(seed_state.variables(), 'last')
@@ -296,12 +308,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{tag}final/kept_clean_accuracy': kept['final']['clean_accuracy'],
         f'{tag}final/kept_pgd_accuracy': kept['final']['pgd_accuracy']})
     seed_results.append({
-        'seed': seed, 'final': final_result,
-        'kept_state': {**kept, 'collapsed': monitor.enabled and bool(monitor.record['collapses']),
-                       'used_by': _KEPT_STATE_USE},
+        'seed': seed, 'clean_accuracy': kept['final']['clean_accuracy'],
+        'robust_accuracy': kept['final']['robust_accuracy'], 'state': kept['state'],
+        'final': final_result,
+        'kept_state': {**kept, 'collapsed': monitor.enabled and bool(monitor.record['collapses'])},
         'history': per_seed[k]['history'], **monitor.results()})
-    _log_final(config, seed_results[-1], progress['train_seconds'],
-               f' (seed {seed})' if seed_axis.stacked else '')
+  display.end_evaluation()
+  display.close()
   writer.close()
   images_seen = total_steps * config.optim.batch_size
   results = {
@@ -319,8 +332,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     results.update({key: value for key, value in seed_results[0].items() if key != 'seed'})
   checkpoint.write_json_atomically(os.path.join(workdir, 'results.json'), results)
-  if seed_axis.stacked:
-    logging.info('Summary of %d seeds: %s', seed_axis.num_seeds, results['summary'])
+  _log_results(config, seed_results, results.get('summary'),
+               f'{training_progress.format_duration(progress["train_seconds"])} of training; '
+               f'{os.path.join(workdir, "results.json")}')
   return results
 
 
@@ -334,18 +348,104 @@ def _seed_value(value, k: int) -> float:
   return float(np.asarray(value).reshape(-1)[k])
 
 
-def _log_final(config: ml_collections.ConfigDict, result: dict, train_seconds: float,
-               which: str):
-  """Logs one seed's final evaluation (`result`: a seed record of results.json) and, where it
-  collapsed, the kept state."""
-  final_result, kept = result['final'], result['kept_state']
-  logging.info('Final%s: clean %.4f, PGD-%d-%d %.4f on %d test examples; %.1f s of training.',
-               which, final_result['clean_accuracy'], config.eval.pgd.steps,
-               config.eval.pgd.restarts, final_result['pgd_accuracy'],
-               final_result['n_examples'], train_seconds)
-  if kept['state'] == 'best':
-    logging.warning('Training%s collapsed (catastrophic overfitting); kept the state of epoch '
-                    '%d: clean %.4f, PGD %.4f. load_model, latentadv.evaluate and '
-                    'latentadv.export use it (state=\'last\' / --state=last for the last '
-                    'state).', which, kept['epoch'], kept['final']['clean_accuracy'],
-                    kept['final']['pgd_accuracy'])
+def _pgd_name(steps: int, restarts: int) -> str:
+  """'PGD-10' for one restart, else 'PGD-50-10'."""
+  return f'PGD-{steps}' + (f'-{restarts}' if restarts > 1 else '')
+
+
+def _periodic_evaluation(config: ml_collections.ConfigDict, epoch: int, step: int,
+                         num_seeds: int, n_monitor: int) -> training_progress.Evaluation:
+  """The evaluations after `epoch` (ending at `step`) of `num_seeds` models: the periodic test
+  evaluation where the epoch has one, and the collapse monitor on `n_monitor` examples."""
+  tested = config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0
+  n_examples = n_monitor + (config.eval.periodic_n_examples if tested else 0)
+  return training_progress.Evaluation(training_progress.PERIODIC, step, num_seeds * (
+      training_progress.attack_work(n_examples, config.eval.periodic_pgd_steps,
+                                    config.eval.periodic_pgd_restarts)))
+
+
+def _final_evaluation(config: ml_collections.ConfigDict, step: int, n_final: int,
+                      evaluations: int) -> training_progress.Evaluation:
+  """The final evaluation after `step`: `evaluations` model states on `n_final` examples."""
+  return training_progress.Evaluation(training_progress.FINAL, step, evaluations * (
+      training_progress.attack_work(n_final, config.eval.pgd.steps, config.eval.pgd.restarts)))
+
+
+def _evaluation_plan(config: ml_collections.ConfigDict, steps_per_epoch: int, num_seeds: int,
+                     n_monitor: int, n_final: int) -> list[training_progress.Evaluation]:
+  """Every evaluation of a run: after each epoch the periodic ones that it has, at the end
+  the final evaluation of each model's last state on `n_final` test examples."""
+  periodic = [_periodic_evaluation(config, epoch, epoch * steps_per_epoch, num_seeds, n_monitor)
+              for epoch in range(1, config.optim.epochs + 1)]
+  final = _final_evaluation(config, config.optim.epochs * steps_per_epoch, n_final, num_seeds)
+  return [evaluation for evaluation in periodic if evaluation.work] + [final]
+
+
+def _percent(fraction: float) -> str:
+  """'43.0 %'."""
+  return f'{100 * fraction:.1f} %'
+
+
+def _epoch_line(config: ml_collections.ConfigDict, record: dict, fetched: list[dict], k: int,
+                seed: int | None, seconds: float) -> str:
+  """'epoch 3/10  loss 1.93  train 28.6 %  clean 43.0 %  PGD-10 31.6 %  monitor 29.2 %  212 s':
+  the mean loss and training accuracy of model k over the steps in `fetched` (those since the
+  last metrics fetch), the periodic evaluation and collapse monitor of its epoch `record` where
+  they ran, and the epoch's seconds; `seed` is named in a run of several."""
+  parts = [f'epoch {record["epoch"]}/{config.optim.epochs}']
+  if seed is not None:
+    parts.append(f'seed {seed}')
+  means = {name: np.mean([_seed_value(m[name], k) for m in fetched])
+           for name in ('loss', 'accuracy') if name in fetched[-1]}
+  if 'loss' in means:
+    parts.append(f'loss {means["loss"]:.2f}')
+  if 'accuracy' in means:
+    parts.append(f'train {_percent(means["accuracy"])}')
+  pgd = _pgd_name(config.eval.periodic_pgd_steps, config.eval.periodic_pgd_restarts)
+  if 'pgd_accuracy' in record:
+    parts += [f'clean {_percent(record["clean_accuracy"])}',
+              f'{pgd} {_percent(record["pgd_accuracy"])}']
+  if 'monitor_pgd_accuracy' in record:
+    parts.append(f'monitor {_percent(record["monitor_pgd_accuracy"])}')
+  parts.append(training_progress.format_duration(seconds))
+  return '  '.join(parts)
+
+
+def _log_results(config: ml_collections.ConfigDict, seed_results: list[dict],
+                 summary: dict | None, note: str):
+  """Logs the final evaluation as a small table: per model (a seed record of results.json)
+  its last state and, where the collapse monitor kept the best one, that state, the kept one
+  marked; then for several models the mean and std of the kept states (their `summary`).
+  Warns for each model that collapsed."""
+  stacked = summary is not None
+  pgd = _pgd_name(config.eval.pgd.steps, config.eval.pgd.restarts)
+  rows = [['seed'] * stacked + ['state', 'epoch', 'clean', pgd, '']]
+  for result in seed_results:
+    kept = result['kept_state']
+    states = [('last', kept['epoch'] if kept['state'] == 'last' else config.optim.epochs,
+               result['final'])]
+    if kept['state'] == 'best':
+      states.append(('best', kept['epoch'], kept['final']))
+    for name, epoch, record in states:
+      rows.append([str(result['seed'])] * stacked + [
+          name, str(epoch), _percent(record['clean_accuracy']),
+          _percent(record['robust_accuracy']), '(kept)' if name == kept['state'] else ''])
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  numeric = [header not in ('state', '') for header in rows[0]]
+  lines = ['  '.join(cell.rjust(width) if right else cell.ljust(width)
+                     for cell, width, right in zip(row, widths, numeric)).rstrip()
+           for row in rows]
+  if stacked:
+    lines.append('kept states: ' + ', '.join(
+        f'{label} {100 * summary[key]["mean"]:.1f} +- {100 * summary[key]["std"]:.1f} %'
+        for label, key in (('clean', 'clean_accuracy'), (pgd, 'robust_accuracy'))))
+  logging.info('Result on %d test examples (%s):\n%s', seed_results[0]['final']['n_examples'],
+               note, '\n'.join('  ' + line for line in lines))
+  for result in seed_results:
+    kept = result['kept_state']
+    if kept['state'] == 'best':
+      logging.warning(
+          'Training%s collapsed (catastrophic overfitting); kept the state of epoch %d. '
+          'load_model, latentadv.evaluate and latentadv.export use it (state=\'last\' / '
+          '--state=last for the last state).',
+          f' (seed {result["seed"]})' if stacked else '', kept['epoch'])

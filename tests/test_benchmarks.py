@@ -64,7 +64,9 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
   finished = tmp_path / 'standard_eps0.1_seed0'
   finished.mkdir()
   (finished / 'results.json').write_text(json.dumps(
-      {'method': 'standard', 'eps': 0.1, 'train_seconds': 12.0, 'final': final,
+      {'method': 'standard', 'eps': 0.1, 'train_seconds': 12.0, 'clean_accuracy': 0.9,
+       'robust_accuracy': 0.0, 'state': 'last', 'final': final,
+       'kept_state': {'state': 'last', 'epoch': 5, 'step': 50, 'final': final},
        'history': []}))
   (finished / 'eval_autoattack.json').write_text(json.dumps(
       {'clean_accuracy': 0.9, 'robust_accuracy': 0.0, 'apgd-ce_accuracy': 0.0,
@@ -75,8 +77,8 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
   kept = {'state': 'best', 'epoch': 3, 'step': 30,
           'final': dict(final, clean_accuracy=0.5, pgd_accuracy=0.25)}
   (trained / 'results.json').write_text(json.dumps(
-      {'method': 'slat', 'eps': 0.1, 'train_seconds': 24.0, 'final': final,
-       'kept_state': kept, 'collapse_monitor': {'collapses': [{'epoch': 4}]}, 'history': []}))
+      {'method': 'slat', 'eps': 0.1, 'train_seconds': 24.0, 'clean_accuracy': 0.5,
+       'robust_accuracy': 0.25, 'state': 'best', 'final': final, 'kept_state': kept, 'collapse_monitor': {'collapses': [{'epoch': 4}]}, 'history': []}))
   output = tmp_path / 'table'
   with flagsaver.flagsaver():
     suite.FLAGS(['mnist_suite', '--methods=standard,slat,fgsm', '--seeds=0', '--eps=0.1',
@@ -101,8 +103,9 @@ def _fake_run_one(calls: list):
     final = {'clean_accuracy': 0.5, 'pgd_accuracy': 0.25, 'n_examples': 0,
              'attacks': {'pgd': {'steps': 50, 'restarts': 10}}}
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump({'method': method, 'eps': eps, 'train_seconds': 1.0, 'final': final,
-                 'history': []}, f)
+      json.dump({'method': method, 'eps': eps, 'train_seconds': 1.0, 'clean_accuracy': 0.5,
+                 'robust_accuracy': 0.25, 'state': 'last', 'final': final,
+                 'kept_state': {'state': 'last', 'epoch': 1, 'final': final}, 'history': []}, f)
     with open(os.path.join(workdir, 'eval_autoattack.json'), 'w') as f:
       json.dump({'clean_accuracy': 0.5, 'robust_accuracy': 0.2, 'n_examples': 1000,
                  'seconds': 1.0}, f)
@@ -121,7 +124,8 @@ def test_a_k_seed_program_is_tabulated_per_seed_and_skips_collapsed_seeds_if_ask
     for k, (pgd, collapsed) in enumerate(((0.3, False), (0.1, True), (0.2, False))):
       final = {'clean_accuracy': 0.5, 'pgd_accuracy': pgd, 'n_examples': 100,
                'attacks': {'pgd': {'steps': 50, 'restarts': 2}}}
-      records.append({'seed': seed + k, 'final': final, 'history': [],
+      records.append({'seed': seed + k, 'clean_accuracy': 0.5, 'robust_accuracy': 0.25,
+                      'state': 'best' if collapsed else 'last', 'final': final, 'history': [],
                       'kept_state': {'state': 'best' if collapsed else 'last', 'epoch': 1,
                                      'final': dict(final, pgd_accuracy=0.25)},
                       'collapse_monitor': {'collapses': [{'epoch': 2}] if collapsed else []}})

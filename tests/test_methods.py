@@ -295,7 +295,7 @@ def test_a_method_registered_through_the_public_api_trains_on_the_smoke_preset(r
   config = _noise_recipe()
   assert config.method.noise.scale == 0.5 and config.train.collapse_monitor_examples == 0
   config.optim.epochs, config.train.eval_every_epochs = 1, 0
-  config.eval.n_examples, config.eval.pgd_steps, config.eval.pgd_restarts = 64, 2, 1
+  config.eval.n_examples, config.eval.pgd.steps, config.eval.pgd.restarts = 64, 2, 1
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['method'] == 'noise' and results['steps'] == 512 // 64
   assert np.isfinite(results['history'][-1]['train_loss'])

@@ -53,6 +53,9 @@ def test_quickstart_runs_on_smoke_preset(tmp_path, monkeypatch, data_root):
     with open(run / 'results.json') as f:
       results = json.load(f)
     assert results['method'] == method
+    assert results['state'] == results['kept_state']['state'] in ('last', 'best')
+    assert results['clean_accuracy'] == results['kept_state']['final']['clean_accuracy']
+    assert results['robust_accuracy'] == results['kept_state']['final']['robust_accuracy']
     assert [record['epoch'] for record in results['history']] == [1, 2]
     with open(run / 'eval_autoattack.json') as f:
       evaluation = json.load(f)

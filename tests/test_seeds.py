@@ -79,7 +79,10 @@ def test_seed_k_of_a_two_seed_run_is_the_single_run_with_seed_plus_k(two_seed_ru
                              single['history'][-1]['train_loss'], rtol=RTOL)
   assert abs(record['final']['clean_accuracy'] - single['final']['clean_accuracy']) <= 1 / 64
   assert 'collapse_monitor' in record and record['kept_state']['state'] in ('best', 'last')
+  assert record['state'] == record['kept_state']['state']
+  assert record['robust_accuracy'] == record['kept_state']['final']['robust_accuracy']
   summary = results['summary']
+  assert summary['robust_accuracy']['values'] == [r['robust_accuracy'] for r in results['seeds']]
   assert summary['final']['clean_accuracy']['values'] == [
       r['final']['clean_accuracy'] for r in results['seeds']]
   assert summary['collapsed_in'] == f'{summary["collapsed"]} of 2'
@@ -216,13 +219,16 @@ def test_the_seed_loop_unrolls_on_cpu_only_unless_asked():
 
 def test_summary_counts_collapsed_seeds_and_sample_std():
   def record(clean, pgd, collapsed):
-    return {'final': {'clean_accuracy': clean, 'pgd_accuracy': pgd},
+    return {'clean_accuracy': clean, 'robust_accuracy': pgd + 0.1,
+            'final': {'clean_accuracy': clean, 'pgd_accuracy': pgd},
             'kept_state': {'collapsed': collapsed, 'final': {'clean_accuracy': clean,
                                                              'pgd_accuracy': pgd + 0.1}},
             'collapse_monitor': {}}
   summary = seeds.summary([record(0.5, 0.0, True), record(0.6, 0.2, False),
                            record(0.7, 0.4, True)])
   assert summary['collapsed'] == 2 and summary['collapsed_in'] == '2 of 3'
+  assert summary['clean_accuracy']['values'] == [0.5, 0.6, 0.7]
+  assert summary['robust_accuracy']['mean'] == pytest.approx(0.3)
   assert summary['final']['pgd_accuracy']['mean'] == pytest.approx(0.2)
   assert summary['final']['pgd_accuracy']['std'] == pytest.approx(np.sqrt(0.08 / 3))
   assert summary['kept']['pgd_accuracy']['mean'] == pytest.approx(0.3)

@@ -226,11 +226,20 @@ def test_main_trains_slat_on_real_mnist_end_to_end(tmp_path):
        f'--config.data.dir={os.path.join(DATA_ROOT, "mnist")}'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'ETA' in result.stderr or 'steps/s' in result.stderr
+  # A log a person reads: the run in one line, progress, a line per epoch, the result table.
+  log = result.stderr
+  assert 'slat on mnist (mnist_cnn, eps 0.1, preset smoke), seed 0, 1 CPU device' in log
+  assert 'steps/s' in log and 'epoch 2/2  loss ' in log and 'PGD-3 ' in log
+  assert 'state  epoch   clean  PGD-5-2' in log and 'results.json' in log
+  assert 'Config:' not in log and 'train/loss=' not in log and len(log.splitlines()) < 25, log
 
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
   assert results['method'] == 'slat' and results['dataset'] == 'mnist'
+  assert results['state'] == results['kept_state']['state'] in ('last', 'best')
+  assert results['clean_accuracy'] == results['kept_state']['final']['clean_accuracy']
+  assert results['robust_accuracy'] == results['kept_state']['final']['pgd_accuracy']
+  assert 'used_by' not in results['kept_state']
   assert results['model'] == 'mnist_cnn' and results['eps'] == pytest.approx(0.1)
   assert results['steps'] == results['epochs'] * (1024 // 64)
   assert results['train_seconds'] > 0 and results['images_per_second'] > 0
