@@ -3,8 +3,8 @@
   python benchmarks/throughput.py                                # every method, fp32 and bf16
   python benchmarks/throughput.py --width=16 --budget_s=300 --methods=standard,fgsm_rs,slat
 
-One device (the first JAX sees), random data, nothing to download. Cases, in this order:
-every method of --methods at each dtype of --dtypes (one model, K = 1), then K models of
+One device (the first JAX sees), random data, nothing to download. Cases, in this order, for
+each dtype of --dtypes: every method of --methods (one model, K = 1), then K models of
 --seeds_method side by side in one program (latentadv/seeds.py) for each K > 1 of --num_seeds
 and each seed loop of --seed_loops. Each case is the method's recipe (configs/cifar_<method>.py,
 or configs/mnist_<method>.py for --model=mnist_cnn) with the model, width, batch and dtype set,
@@ -212,9 +212,11 @@ def cases(methods_: list[str], dtypes: list[str], seeds_method: str, counts: lis
           loops: list[str]) -> list[tuple[str, str, str, int]]:
   """(method, dtype, seed loop, K) of every case in measuring order: per dtype, every method
   single ('single', 1), then seeds_method's K-seed cases per K and loop."""
-  order = [(method, dtype, 'single', 1) for dtype in dtypes for method in methods_]
-  order += [(seeds_method, dtype, loop, count) for dtype in dtypes for count in counts
-            for loop in loops if count > 1]
+  order = []
+  for dtype in dtypes:
+    order += [(method, dtype, 'single', 1) for method in methods_]
+    order += [(seeds_method, dtype, loop, count) for count in counts for loop in loops
+              if count > 1]
   return order
 
 

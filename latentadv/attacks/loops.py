@@ -1,12 +1,9 @@
 """Whether the attacks' step loops unroll: rolled unless a setting says otherwise.
 
-A rolled loop (`lax.fori_loop`) traces and compiles one step; unrolled, 100 APGD or FAB-T steps
-cost a minute or more of tracing and compilation per program and batch size on a CPU, most of
-which a warm persistent compilation cache does not save. Rolled loops used to run several times
-slower on XLA:CPU, whose input-gradient convolutions inside a `while` loop missed the library
-kernel; the models' convolution (models/convolution.py) gives them the library form, after
-which a rolled step costs what an unrolled one does (benchmarks/attack_loops.py), so every
-backend rolls.
+A rolled loop (`lax.fori_loop`) traces and compiles one step; unrolled, the tracing and
+compilation grow with the steps, and a warm persistent compilation cache saves only XLA's part
+of them. With the models' convolution (models/convolution.py) a rolled step costs what an
+unrolled one does on XLA:CPU too (docs/performance.md), so every backend rolls.
 
 Settings (config.eval.attack_loops, or an attack's `unroll` argument): 'auto' (rolled, the
 default), 'rolled', 'unrolled', or a bool.
