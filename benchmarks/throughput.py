@@ -23,13 +23,15 @@ K seeds, the speedup K * seconds(K = 1) / seconds(K) over K single runs, images 
 FLOPs per step, TFLOP/s and the fraction of the device's peak rate: the datasheet figure of
 PEAK_TFLOPS for the device kind and dtype, or --peak_tflops; 'unknown' otherwise (CPUs).
 XLA's cost analysis counts the body of a `while` loop once, so the FLOPs of a program with
-rolled loops (PGD-AT's and TRADES' inner attacks) are a lower bound; such rows say so.
+rolled loops around convolutions (PGD-AT's and TRADES' inner attacks) are a lower bound,
+marked '>=' (the RNG's loops on a CPU hold no products and do not count).
 
 Writes <--output_dir>/throughput_<device kind>.json ({"machine": {...}, "settings": {...},
 "runs": [...], "not_measured": [...]}) and the .md beside it.
 """
 
 import dataclasses
+import datetime
 import importlib
 import json
 import os
@@ -61,6 +63,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'
 # precision; on TPUs the default precision multiplies float32 in bfloat16 passes, so both
 # dtypes get the bfloat16 rate.
 PEAK_TFLOPS = (
+    ('nvl', 'an NVL variant: no figure here, pass --peak_tflops', {}),
     ('h100 pcie', 'NVIDIA H100 PCIe', {'float32': 378.0, 'bfloat16': 756.0}),
     ('h100', 'NVIDIA H100 SXM', {'float32': 494.7, 'bfloat16': 989.4}),
     ('h200', 'NVIDIA H200 SXM', {'float32': 494.7, 'bfloat16': 989.4}),
@@ -85,7 +88,7 @@ def define_flags():
   flags.DEFINE_string('seeds_method', 'slat', 'Method of the K-seed cases.')
   flags.DEFINE_list('num_seeds', ['2', '4', '8'], 'Values of K > 1 for the K-seed cases.')
   flags.DEFINE_list('seed_loops', ['vmap', 'unroll'], 'How the K models run (config.seed_loop).')
-  flags.DEFINE_float('budget_s', 1200.0, 'Seconds for compiling and timing, all cases together.')
+  flags.DEFINE_float('budget_s', 480.0, 'Seconds for compiling and timing, all cases together.')
   flags.DEFINE_float('timing_fraction', 0.3, 'Share of the budget kept for the timing rounds.')
   flags.DEFINE_integer('rounds', 5, 'Interleaved timing rounds per case (at most).')
   flags.DEFINE_float('round_s', 0.5, 'Seconds a round of one case should last (at least one '
@@ -145,9 +148,38 @@ class CompiledStep:
     flops = (self.program.cost_analysis() or {}).get('flops')
     return None if flops is None else float(flops)
 
-  def has_loops(self) -> bool:
-    """Whether the compiled program has a `while` loop (its body is counted once in flops)."""
-    return re.search(r'\bwhile\(', self.program.as_text()) is not None
+  def flops_lower_bound(self) -> bool:
+    """Whether flops() is a lower bound: the program has a `while` loop that runs a
+    convolution or a matrix product, whose body XLA's cost analysis counts once."""
+    return loops_run_products(self.program.as_text())
+
+
+# Convolutions and matrix products in optimized HLO: XLA's own ops, and the cuDNN and cuBLAS
+# calls that replace them on NVIDIA GPUs.
+_PRODUCT = re.compile(r'\b(convolution|dot)\(|__cudnn\$conv|__cublas')
+
+
+def loops_run_products(hlo: str) -> bool:
+  """Whether a `while` loop of the HLO module text `hlo` runs a convolution or a matrix
+  product in its body or in a computation its body calls (not, e.g., the RNG's loops)."""
+  computations, name = {}, None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith('{'):
+      name = re.search(r'%?([\w.\-]+) ', line.removeprefix('ENTRY ')).group(1)
+      computations[name] = []
+    elif name is not None:
+      computations[name].append(line)
+  texts = {name: '\n'.join(lines) for name, lines in computations.items()}
+
+  def runs_products(name: str, seen: set) -> bool:
+    seen.add(name)
+    if _PRODUCT.search(texts[name]):
+      return True
+    return any(runs_products(called, seen) for called in re.findall(r'%([\w.\-]+)', texts[name])
+               if called in texts and called not in seen)
+
+  return any(runs_products(body, set()) for body in re.findall(r'\bbody=%?([\w.\-]+)', hlo)
+             if body in texts)
 
 
 def compiled_step(config, mesh, images: np.ndarray, labels: np.ndarray) -> CompiledStep:
@@ -204,7 +236,8 @@ def peak_rates(device: jax.Device, dtypes: list[str], override: list[str]
   kind = device.device_kind.lower()
   for pattern, name, rates in PEAK_TFLOPS:
     if pattern in kind:
-      return {dtype: rates.get(dtype) for dtype in dtypes}, f'datasheet, {name}'
+      return {dtype: rates.get(dtype) for dtype in dtypes}, (
+          f'datasheet, {name}' if rates else name)
   return {dtype: None for dtype in dtypes}, 'unknown'
 
 
@@ -232,7 +265,7 @@ def summarise(case: tuple[str, str, str, int], step: CompiledStep, samples: list
       'compile_seconds': step.compile_seconds, 'seconds': seconds,
       'seconds_per_round': samples, 'steps_per_round': steps_per_round,
       'images_per_second': count * batch_size / seconds if seconds else None,
-      'flops': flops, 'while_loops': step.has_loops(), 'tflops_per_second': rate,
+      'flops': flops, 'flops_lower_bound': step.flops_lower_bound(), 'tflops_per_second': rate,
       'peak_fraction': rate / peak if rate and peak else None}
 
 
@@ -279,8 +312,8 @@ def markdown(results: dict) -> str:
 
   def common(run):
     flops = _number(run['flops'] and run['flops'] / 1e9, '.4g')
-    if run['while_loops'] and run['flops']:
-      flops += ' (loops once)'
+    if run['flops_lower_bound'] and run['flops']:
+      flops = '>= ' + flops
     return (f'{_number(run["images_per_second"], ".0f")} | {flops} | '
             f'{_number(run["tflops_per_second"], ".3f")} | '
             f'{_number(run["peak_fraction"], ".3f", missing="unknown")} | '
@@ -366,7 +399,9 @@ def main(argv):
       'machine': {'platform': device.platform, 'device_kind': device.device_kind,
                   'devices_used': 1, 'devices_seen': jax.device_count(),
                   'cpu_count': os.cpu_count(), 'jax_version': jax.__version__,
-                  'peak_tflops': peaks, 'peak_source': peak_source, 'notes': FLAGS.notes},
+                  'peak_tflops': peaks, 'peak_source': peak_source, 'notes': FLAGS.notes,
+                  'measured_at': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                      timespec='seconds')},
       'settings': {'model': FLAGS.model, 'width': FLAGS.width, 'batch_size': FLAGS.batch_size,
                    'methods': method_names, 'dtypes': FLAGS.dtypes,
                    'seeds_method': FLAGS.seeds_method, 'num_seeds': counts,
