@@ -24,7 +24,7 @@ JSON has one record per model (its program's train seconds divided by K); the ta
 std over all seeds of a (method, eps) and how many collapsed. --noautoattack_collapsed skips
 the AutoAttack-style suite for the seeds that collapsed (their kept state is the best one).
 Training times come from runs that may share the machine with other work: the ratios in
-benchmarks/step_cost.py are the fair cost comparison.
+benchmarks/throughput.py are the fair cost comparison.
 """
 
 import concurrent.futures

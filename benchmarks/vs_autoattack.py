@@ -85,7 +85,7 @@ from absl import logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import base_config
 from latentadv import compilation
 from latentadv import evaluate
@@ -412,7 +412,7 @@ def main(argv):
   })
   print(f'{description(results)}\n\n{table(results)}')
   if FLAGS.output:
-    step_cost.write_results(FLAGS.output, results, f'{description(results)}\n\n{table(results)}')
+    throughput.write_results(FLAGS.output, results, f'{description(results)}\n\n{table(results)}')
     np.savez_compressed(os.path.splitext(FLAGS.output)[0] + '.npz', **per_example)
 
 

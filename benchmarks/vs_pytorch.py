@@ -5,7 +5,7 @@
 For PreActResNet-18 at each width of --widths (CIFAR-shaped batches of --batch_size) and, with
 --mnist, the MNIST CNN (batches of 100), and for the methods standard, fgsm_rs and slat, it
 times one full training step (augmentation, attack, forward, backward, optimizer update) of
-  JAX:     the jitted step of latentadv.train as benchmarks/step_cost.py builds it, with the
+  JAX:     the compiled step of latentadv.train as benchmarks/throughput.py builds it, with the
            method's config file configs/cifar_<method>.py or configs/mnist_<method>.py;
   PyTorch: our own eager CPU re-implementation of the same step (below) and model (the
            torch twin of latentadv/torch_models.py, its taps perturbed by forward hooks;
@@ -46,7 +46,7 @@ from absl import flags
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import step_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -238,10 +238,11 @@ def timers(model: str, width: int | None, method: str, mesh) -> dict[str, Callab
   `method` on `model` in that framework, on the same random batch, and return seconds per
   step; both compiled and warmed up."""
   batch_size = MNIST_BATCH_SIZE if model == 'mnist_cnn' else FLAGS.batch_size
-  config = step_cost.make_config(method, model, width or 0, batch_size)
-  images, labels = step_cost.random_batch(config, batch_size)
-  jax_entry = list(step_cost.compiled_step(config, mesh, images, labels))
-  return {'jax': functools.partial(step_cost.time_steps, jax_entry),
+  config = throughput.make_config(method, model, width or 0, batch_size)
+  images, labels = throughput.random_batch(config, batch_size)
+  jax_step = throughput.compiled_step(config, mesh, images, labels)
+  jax_step.time(1)
+  return {'jax': jax_step.time,
           'torch': functools.partial(time_torch, torch_step(config, images, labels))}
 
 
@@ -286,7 +287,7 @@ def main(argv):
   }
   print(table(rows))
   if FLAGS.output:
-    step_cost.write_results(
+    throughput.write_results(
         FLAGS.output, results,
         f'JAX {jax.__version__} ({jax.device_count()} {jax.default_backend()} device(s)) '
         f'against PyTorch {torch.__version__} ({torch_threads} threads); seconds per training '

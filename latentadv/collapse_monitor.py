@@ -1,35 +1,22 @@
 """Catastrophic-overfitting monitor: PGD accuracy on fixed training examples after each epoch,
 and the kept state: the best one where training collapsed, the last one otherwise.
 
-Single-step methods (FGSM, FGSM-RS, SLAT, ...) can lose all robustness to multi-step attacks
-within a few steps: catastrophic overfitting (Wong, Rice & Kolter 2020). With
-`train.collapse_monitor_examples` = n > 0 (the default of every single-step recipe), the monitor
-attacks the first n training examples after every epoch with the periodic PGD
-(`eval.periodic_pgd_steps`, `eval.periodic_pgd_restarts`, the same random starts every epoch).
-They are trained on as well: no data is held back, so the recipe trains on exactly what the
-papers train on, and a catastrophic collapse shows on training examples as on test ones (the
-model stops resisting multi-step attacks anywhere; Wong et al. and the SLAT code both watch a
-training batch). What this does not see is robust overfitting, the slow growth of the gap between
-training and test robustness, for which Rice et al. hold out a validation split.
-
-A collapse is an epoch whose PGD accuracy is below the best so far by at least `train.collapse_drop`
-(absolute, default 0.05: two standard errors of the difference of two independent estimates of
-20 % on 500 examples; successive epochs on the same examples vary less) AND by at
-least `train.collapse_relative_drop` of the best (default 0.5: half of it). The relative part makes the
-criterion work where robust accuracy itself is small (26 % at 16/255 on CIFAR-10: an absolute
-0.2 would be close to total collapse); the absolute part keeps noise at tiny accuracies from
-counting. A collapse is logged as a warning and recorded in results.json.
+Single-step methods can lose all robustness to multi-step attacks within a few steps
+(catastrophic overfitting, Wong, Rice & Kolter 2020). With `train.collapse_monitor_examples`
+= n > 0 (the default of every single-step recipe), the periodic PGD (`eval.periodic_pgd_steps`,
+`eval.periodic_pgd_restarts`, the same random starts every epoch) attacks the first n training
+examples after every epoch; they are trained on too, so no data is held back. A collapse is an
+epoch whose PGD accuracy is below the best so far by at least `train.collapse_drop` (absolute)
+AND by at least `train.collapse_relative_drop` of the best: the relative part makes the
+criterion work where robust accuracy itself is small, the absolute part keeps noise at tiny
+accuracies from counting. A collapse is logged as a warning and recorded in results.json.
 
 Every new best state is checkpointed in `<workdir>/checkpoints_best`. Training runs on to the
-end of its schedule (the recipe's last state stays measurable) and the trainer evaluates both:
-the kept state is the best one if the run collapsed, else the last one (`kept_state`). With
-`train.collapse_stop`, training stops at the collapse instead and the best state is restored: it
-becomes the last checkpoint and so also the kept state.
-
-This differs from Wong et al.'s early stopping (their CIFAR-10 code), which attacks the first
-training minibatch of each epoch (a different one every epoch) and stops at a drop of more than
-0.2 from the previous epoch: fixed examples compare epochs without sampling noise, and the
-comparison with the best also catches a collapse spread over several epochs.
+end of its schedule and the trainer evaluates both states; the kept state is the best one if
+the run collapsed, else the last one (`kept_state`). With `train.collapse_stop`, training stops
+at the collapse and the best state is restored: it becomes the last checkpoint and so the kept
+state. The choice of examples and thresholds, and how it differs from Wong et al.'s early
+stopping: docs/performance.md.
 """
 
 import jax

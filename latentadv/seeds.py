@@ -16,8 +16,8 @@ How the step runs the K models (config.seed_loop):
             axis, a convolution with per-seed kernels becomes a grouped convolution.
   'unroll'  the one-seed step traced once per seed inside the same jitted program, the models
             computed one after another. XLA:CPU runs grouped convolutions several times slower
-            than K separate ones (benchmarks/seeds_throughput.py: 3-5x at K = 2 on 2 cores), so
-            this is what pays there; it costs K times the compile time of one step.
+            than K separate ones (docs/performance.md), so this is what pays there; it costs K
+            times the compile time of one step.
   'auto'    'unroll' on CPU, 'vmap' on GPU and TPU.
 Both give each model the same arithmetic as its single run, up to float rounding.
 

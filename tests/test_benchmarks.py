@@ -1,21 +1,18 @@
-"""The benchmark suites' bookkeeping: config files, aggregation over seeds, the table."""
+"""The benchmark suites' bookkeeping (config files, aggregation over seeds, the table), the
+plots, and the throughput benchmark run as a user runs it."""
 
 import json
 import os
+import subprocess
+import sys
 
-import jax
-import numpy as np
 import pytest
 from absl.testing import flagsaver
 
 from benchmarks import cifar_suite
-from benchmarks import collapse_check
 from benchmarks import mnist_suite
 from benchmarks import plots
-from benchmarks import slat_diagnostics
 from benchmarks import suite
-from latentadv import base_config
-from latentadv import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,14 +152,6 @@ def test_a_k_seed_program_is_tabulated_per_seed_and_skips_collapsed_seeds_if_ask
           ) in table
 
 
-def test_collapse_check_flags_the_epoch_that_halves_the_best_and_keeps_the_best():
-  accuracies = [0.12, 0.26, 0.22, 0.11, 0.05]
-  history = [{'epoch': epoch, 'step': 10 * epoch, 'pgd_accuracy': accuracy}
-             for epoch, accuracy in enumerate(accuracies, start=1)]
-  result = collapse_check.check(history, drop=0.05, relative_drop=0.5)
-  assert result == {'collapse_epochs': [4], 'best_epoch': 2, 'best': 0.26, 'last': 0.05}
-
-
 def test_paper_scale_runs_the_single_step_methods_at_three_radii_with_the_full_recipe(
     tmp_path, monkeypatch):
   calls = []
@@ -200,42 +189,6 @@ def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_o
   assert tabulated_runs(20) == []
 
 
-def test_slat_diagnostics_see_no_difference_without_perturbation_and_one_with_it():
-  model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
-  variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
-  config = base_config.mnist(base_config.get_config())
-  images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
-  labels = model.apply(variables, images).argmax(-1)  # every clean image is "correct"
-  config.method.eps, config.method.slat.eps_h = 0.0, 0.0
-  unperturbed = slat_diagnostics.accuracies(model, variables, config, images, labels, labels)
-  for name in slat_diagnostics.INPUTS:
-    assert bool(np.all(unperturbed[name]))
-  config.method.eps, config.method.slat.eps_h = 0.3, 0.3
-  perturbed = slat_diagnostics.accuracies(model, variables, config, images, labels, labels)
-  assert bool(np.all(perturbed['clean']))
-  assert float(np.mean(perturbed['both'])) < 1.0
-
-
-def test_slat_diagnostics_latent_scale_follows_the_run_s_radius_scale():
-  model = models.create_model('mnist_cnn', {}, num_classes=10, mean=(0.5,), std=(0.25,))
-  variables = models.init_variables(model, jax.random.key(0), (64, 28, 28, 1))
-  images = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
-  stds = {name: float(std) for name, std in
-          slat_diagnostics.mean_channel_std(model, variables, images).items()}
-  config = base_config.mnist(base_config.get_config())
-  config.method.eps = 0.3
-  assert set(config.method.slat.taps) <= set(stds)
-  assert all(std > 0 for std in stds.values())
-  absolute = slat_diagnostics.latent_scale(config, stds)
-  config.method.slat.eps_h_scale = 'feature_std'
-  scaled = slat_diagnostics.latent_scale(config, stds)
-  for name in config.method.slat.taps:
-    assert absolute[name]['latent_radius'] == pytest.approx(0.3)
-    assert absolute[name]['radius_over_std'] == pytest.approx(0.3 / stds[name])
-    assert scaled[name]['radius_over_std'] == pytest.approx(
-        0.3 / config.method.slat.reference_feature_std)
-
-
 def test_plots_give_each_of_twelve_methods_its_own_colour_and_write_both_figures(tmp_path):
   methods = [f'method_{i}' for i in range(12)]
   runs = [dict(_run(method, eps, 0.4, 100.0 + i), history=[
@@ -248,3 +201,51 @@ def test_plots_give_each_of_twelve_methods_its_own_colour_and_write_both_figures
   plots.main(str(path))
   assert (tmp_path / 'suite_robust_vs_time.png').stat().st_size > 0
   assert (tmp_path / 'suite_pgd_per_epoch.png').stat().st_size > 0
+
+
+def _throughput(output_dir, *flags):
+  """Runs benchmarks/throughput.py as a user does, on a tiny MNIST CNN, and returns its JSON."""
+  subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'throughput.py'),
+       '--model=mnist_cnn', '--batch_size=8', '--rounds=2', '--round_s=0.01',
+       f'--output_dir={output_dir}', *flags], check=True, cwd=output_dir, capture_output=True)
+  return json.loads((output_dir / 'throughput_cpu.json').read_text())
+
+
+def test_throughput_times_each_method_and_k_seeds_and_reports_flops_and_peak_fraction(
+    tmp_path):
+  results = _throughput(tmp_path, '--methods=standard,pgd', '--dtypes=float32',
+                        '--seeds_method=standard', '--num_seeds=2', '--seed_loops=unroll',
+                        '--peak_tflops=0.5', '--budget_s=120', '--timing_fraction=0.5')
+  runs = {(run['method'], run['seed_loop'], run['num_seeds']): run for run in results['runs']}
+  assert sorted(runs) == [('pgd', 'single', 1), ('standard', 'single', 1),
+                          ('standard', 'unroll', 2)]
+  assert not results['not_measured']
+  for run in runs.values():
+    assert len(run['seconds_per_round']) == 2 and run['seconds'] > 0
+    assert run['flops'] > 0
+    assert run['peak_fraction'] == pytest.approx(run['tflops_per_second'] / 0.5)
+  assert runs['standard', 'single', 1]['x_standard'] == 1.0
+  # PGD-AT's attack is a rolled loop: at least 40 steps dearer than standard training, and
+  # counted once in XLA's FLOPs.
+  assert runs['pgd', 'single', 1]['x_standard'] > 5
+  assert runs['pgd', 'single', 1]['flops_lower_bound']
+  assert not runs['standard', 'single', 1]['flops_lower_bound']
+  two = runs['standard', 'unroll', 2]
+  assert two['flops'] == pytest.approx(2 * runs['standard', 'single', 1]['flops'], rel=0.05)
+  assert two['speedup_vs_single_runs'] == pytest.approx(
+      2 * runs['standard', 'single', 1]['seconds'] / two['seconds'])
+  assert results['machine']['peak_source'] == '--peak_tflops'
+  table = (tmp_path / 'throughput_cpu.md').read_text()
+  assert '| pgd | float32 |' in table and '| >= ' in table
+
+
+def test_throughput_stops_at_its_budget_and_writes_what_it_did_not_reach(tmp_path):
+  results = _throughput(tmp_path, '--methods=standard,slat', '--dtypes=float32',
+                        '--num_seeds=2', '--budget_s=0')
+  assert results['runs'] == []
+  assert [case['method'] for case in results['not_measured']] == ['standard', 'slat', 'slat',
+                                                                 'slat']
+  assert results['machine']['peak_tflops'] == {'float32': None}
+  assert 'Not reached within the budget: standard float32 single K=1' in (
+      tmp_path / 'throughput_cpu.md').read_text()

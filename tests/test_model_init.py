@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from benchmarks import feature_scale
 from latentadv import base_config
 from latentadv import models
 from latentadv.data import datasets
@@ -110,12 +109,20 @@ def cifar_test_images(data_root):
   return jnp.asarray(images[:128])
 
 
+# The submodule whose output each SLAT tap perturbs (models/preact_resnet.py).
+TAP_PRODUCERS = {'stem': 'stem_conv', 'stage1': 'stage1_block2'}
+
+
 def _latent_step_fractions(init: str, images) -> dict[str, float]:
   """eps_h / std of each SLAT-tapped feature map of the width-16 model initialised with `init`,
   at initialisation on `images` (train-mode BatchNorm, as SLAT's passes run)."""
   eps_h = slat.latent_radius(base_config.get_config().method)
-  return {tap: eps_h / float(h.std())
-          for tap, h in feature_scale.tapped_features(16, init, 0, images).items()}
+  model = _preact(16, init)
+  variables = models.init_variables(model, jax.random.key(0), images.shape)
+  _, state = model.apply(variables, images, train=True, capture_intermediates=True,
+                         mutable=['batch_stats', 'intermediates'])
+  return {tap: eps_h / float(state['intermediates'][producer]['__call__'][0].std())
+          for tap, producer in TAP_PRODUCERS.items()}
 
 
 def test_slat_latent_step_is_a_meaningful_fraction_of_the_features(cifar_test_images):

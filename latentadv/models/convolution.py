@@ -5,9 +5,8 @@ Reverse-mode differentiation turns a convolution with an HWIO kernel into an inp
 convolution whose kernel is declared HWOI (JAX swaps the kernel's feature dimensions in the
 dimension numbers instead of moving data). Outside a loop, XLA:CPU rewrites such a convolution
 into its library (Eigen) form with a transposed copy of the kernel; inside a `while` loop (a
-rolled attack or TRADES' inner maximisation) it leaves it alone and emits a generic, several
-times slower loop nest (PreActResNet-18 width 16, batch 64, forward and input gradient: 0.50 s
-per iteration rolled vs 0.11 s outside a loop; benchmarks/attack_loops.py measures it).
+rolled attack or TRADES' inner maximisation) it leaves it alone and emits a generic loop nest,
+several times slower (docs/performance.md).
 
 On the cpu backend, `conv_general_dilated` therefore has a custom VJP that computes the input
 gradient as the transpose of the same convolution with the kernel transposed to HWOI in memory
@@ -82,7 +81,7 @@ def _static(value):
 
 def library_input_gradient(feature_group_count: int) -> bool:
   """Whether conv_general_dilated uses the custom VJP: on the cpu backend, without feature
-  groups (benchmarks/attack_loops.py replaces it to time JAX's own rule)."""
+  groups."""
   return jax.default_backend() == 'cpu' and feature_group_count == 1
 
 
