@@ -305,7 +305,9 @@ def markdown(results: dict) -> str:
       f'{model_name(settings)}, batch {settings["batch_size"]} per model, random data; '
       f'median of up to {settings["rounds"]} '
       f'interleaved rounds; budget {settings["budget_s"]:.0f} s, '
-      f'{results["elapsed_seconds"]:.0f} s used. Peak rate: {machine["peak_source"]}.'
+      f'{results["elapsed_seconds"]:.0f} s used; compile seconds are loading times where '
+      "JAX's persistent compilation cache held the program. Peak rate: "
+      f'{machine["peak_source"]}.'
       + (f' Notes: {machine["notes"]}' if machine['notes'] else ''), '',
       '| method | dtype | ms / step | x standard | images/s | GFLOP / step | TFLOP/s '
       '| fraction of peak | compile s | rounds |', '|' + ' --- |' * 10]
