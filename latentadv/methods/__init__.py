@@ -23,6 +23,8 @@ from latentadv.methods import trades
 from latentadv.methods.base import Carry
 from latentadv.methods.base import Method
 
+__all__ = ['METHODS', 'Carry', 'Method', 'register']
+
 METHODS: dict[str, Method] = {}
 
 
