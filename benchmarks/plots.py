@@ -115,12 +115,14 @@ def pgd_per_epoch_by_seed(runs: list[dict], path: str):
 
 
 def main(path: str):
-  """Writes both plots for the suite results at `path`."""
+  """Writes the plots for the suite results at `path` (robust vs time where the AutoAttack-style
+  suite ran on some run)."""
   with open(path) as f:
     results = json.load(f)
   runs = results['runs']
   stem = os.path.splitext(path)[0]
-  robust_vs_time(runs, f'{stem}_robust_vs_time.png')
+  if any(run['autoattack'] is not None for run in runs):
+    robust_vs_time(runs, f'{stem}_robust_vs_time.png')
   if results['settings'].get('num_seeds', 1) > 1:
     pgd_per_epoch_by_seed(runs, f'{stem}_pgd_per_epoch.png')
   else:

@@ -143,8 +143,10 @@ def suite_runs(name: str, up: str) -> str:
               else run.get('kept_state', 'last'))
       autoattack = ('skipped (collapsed)' if run.get('autoattack_skipped')
                     else f'{_pct(run["autoattack"])} ({run["autoattack_examples"]})')
-      rows.append([f'`{run["method"]}`', _eps(run['eps']), _seed(run),
-                   {True: 'yes', False: 'no', None: 'not monitored'}[run.get('collapsed')],
+      collapsed = {True: 'yes', False: 'no', None: 'not monitored'}[run.get('collapsed')]
+      if run.get('collapse_epochs'):
+        collapsed += f' (epoch {run["collapse_epochs"][0]})'
+      rows.append([f'`{run["method"]}`', _eps(run['eps']), _seed(run), collapsed,
                    f'{_pct(run["clean"])} / {_pct(run["pgd"])}', kept,
                    f'{_pct(run.get("kept_clean"))} / {_pct(run.get("kept_pgd"))}', autoattack])
     if summary['seeds'] > 1:

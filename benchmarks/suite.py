@@ -148,6 +148,8 @@ def _load(workdir: str, seed_index: int | None = None) -> dict:
       # None: trained without the collapse monitor.
       'collapsed': (bool(results['collapse_monitor']['collapses']) if 'collapse_monitor' in results
                     else None),
+      'collapse_epochs': ([collapse['epoch'] for collapse in results['collapse_monitor']['collapses']]
+                          if 'collapse_monitor' in results else None),
       'kept_state': results['state'], 'kept_epoch': results['kept_state']['epoch'],
       'kept_clean': results['clean_accuracy'], 'kept_pgd': results['robust_accuracy'],
       'autoattack_clean': None, 'autoattack': None, 'autoattack_per_attack': None,
@@ -175,18 +177,28 @@ def _recorded_runs(path: str, settings: dict) -> dict[str, dict]:
     return {}
   with open(path) as f:
     earlier = json.load(f)
-  same = ('preset', 'overrides', 'pgd_examples', 'autoattack_examples')
-  if any(earlier['settings'].get(key) != settings[key] for key in same):
+  same = ('preset', 'pgd_examples', 'autoattack_examples')
+  if any(earlier['settings'].get(key) != settings[key] for key in same) or (
+      _result_overrides(earlier['settings'].get('overrides', []))
+      != _result_overrides(settings['overrides'])):
     logging.warning('%s was made with other settings; its runs are not reused.', path)
     return {}
   return {run.get('name', os.path.basename(run['workdir'])): run for run in earlier['runs']}
+
+
+def _result_overrides(overrides: list[str]) -> list[str]:
+  """The overrides that can change a run's results: all but those of how often and how many
+  checkpoints are kept (train.checkpoint_every_steps, train.checkpoints_to_keep)."""
+  return sorted(o for o in overrides if not o.startswith(('train.checkpoint_every_steps=',
+                                                          'train.checkpoints_to_keep=')))
 
 
 def summarise(runs: list[dict]) -> list[dict]:
   """Per (method, eps): mean and std over seeds of clean, pgd, the kept state's clean and pgd
   (the last state's where a run predates the kept state), autoattack (over the seeds it ran
   on, all but those skipped as collapsed; None unless each of them has it) and train_seconds
-  (per model); how many seeds collapsed (None unless every seed was monitored)."""
+  (per model); how many seeds collapsed (None unless every seed was monitored) and the epoch
+  of each collapsed seed's first collapse."""
   groups = {}
   for run in runs:
     groups.setdefault((run['method'], run['eps']), []).append(run)
@@ -196,7 +208,9 @@ def summarise(runs: list[dict]) -> list[dict]:
            'pgd_examples': group[0]['pgd_examples'],
            'autoattack_examples': group[0]['autoattack_examples'],
            'collapsed': (None if any(run.get('collapsed') is None for run in group)
-                         else sum(run['collapsed'] for run in group))}
+                         else sum(run['collapsed'] for run in group)),
+           'collapse_epochs': [(run.get('collapse_epochs') or [None])[0] for run in group
+                               if run.get('collapsed')]}
     values = {key: [run[key] for run in group] for key in ('clean', 'pgd', 'train_seconds')}
     evaluated = [run for run in group if not run.get('autoattack_skipped')]
     values['autoattack'] = [run['autoattack'] for run in evaluated] or [None]
@@ -229,6 +243,12 @@ def _autoattack_cell(row: dict) -> str:
       f'; {evaluated} not collapsed seeds' if evaluated < row['seeds'] else '') + ')'
 
 
+def _epochs(row: dict) -> str:
+  """' (epochs 2, 3)': the epochs of the row's collapses, where the runs record them."""
+  epochs = [epoch for epoch in row.get('collapse_epochs', []) if epoch is not None]
+  return f' (epoch{"s" if len(epochs) > 1 else ""} {", ".join(map(str, epochs))})' if epochs else ''
+
+
 def table(rows: list[dict]) -> str:
   """Markdown table of `summarise` rows; time relative to `standard` at the same eps, or at
   any eps when the suite trained it at one only (its cost does not depend on eps). Clean and
@@ -247,7 +267,7 @@ def table(rows: list[dict]) -> str:
                 if row['eps'] in standard else '-')
     cells = [_percent(row, 'clean'), f'{_percent(row, "pgd")} ({row["pgd_attack"]}, '
              f'{row["pgd_examples"]})', 'not monitored' if row.get('collapsed') is None
-             else f'{row["collapsed"]} of {row["seeds"]}',
+             else f'{row["collapsed"]} of {row["seeds"]}' + _epochs(row),
              f'{_percent(row, "kept_clean")} / {_percent(row, "kept_pgd")}',
              _autoattack_cell(row)]
     lines.append(f'| {row["method"]} | {row["eps"]:.4g} | {row["seeds"]} | '
