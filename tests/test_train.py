@@ -24,7 +24,7 @@ from latentadv import validation
 from latentadv.data import datasets
 from latentadv.data import readers
 
-from conftest import DATA_ROOT, REPO_ROOT, set_key
+from conftest import DATA_ROOT, REPO_ROOT
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py')))
 
@@ -59,7 +59,7 @@ def test_every_config_file_and_preset_is_valid(path, preset):
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
   config = base_config.get_config()
-  set_key(config, key, value)
+  config.update_from_flattened_dict({key: value})
   with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
     validation.validate(config)
 
