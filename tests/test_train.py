@@ -206,6 +206,28 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
   assert resumed['final']['pgd_accuracy'] == full['final']['pgd_accuracy']
 
 
+def test_resumed_stream_run_ends_equal_to_an_uninterrupted_in_memory_run(tmp_path):
+  config = base_config.apply_preset(base_config.get_config('smoke'), 'smoke')
+  config.method.name = 'fgsm_rs'
+  config.data.source, config.data.dir = 'local', os.path.join(DATA_ROOT, 'cifar10')
+  config.train.eval_every_epochs = 0
+  full = train.train_and_evaluate(config, str(tmp_path / 'memory'))
+  assert config.train.checkpoint_every_steps == full['steps'] // config.optim.epochs
+
+  config.data.pipeline = 'stream'
+  interrupted = str(tmp_path / 'stream')
+  train.train_and_evaluate(config, interrupted)
+  shutil.rmtree(os.path.join(interrupted, 'checkpoints', str(full['steps'])))
+  resumed = train.train_and_evaluate(config, interrupted)
+
+  def final_variables(workdir):
+    return train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]
+  chex.assert_trees_all_equal(final_variables(str(tmp_path / 'memory')),
+                              final_variables(interrupted))
+  for key in ('clean_accuracy', 'pgd_accuracy'):
+    assert resumed['final'][key] == full['final'][key]
+
+
 def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
   config = _smoke_mnist('standard')
   config.optim.optimizer = 'sgd'
