@@ -379,3 +379,12 @@ def test_robustness_names_a_bad_argument(kwargs, message):
   with pytest.raises((ValueError, KeyError, AttributeError), match=message):
     latentadv.robustness(lambda x: x.reshape(4, -1)[:, :10], images, labels, eps=0.1,
                          **kwargs)
+
+
+def test_training_evaluator_uses_the_method_norm():
+  model = MLP()
+  config = base_config.get_config()
+  config.method.name, config.method.norm = 'pgd', 'l2'
+  evaluator = evaluate.from_config(model, parallel.make_mesh(jax.devices()[:1]), config,
+                                   steps=2, restarts=1)
+  assert evaluator.attacks[0].settings['norm'] == 'l2'

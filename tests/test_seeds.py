@@ -21,7 +21,7 @@ from latentadv import validation
 from latentadv.data import datasets
 from latentadv.data import readers
 
-from conftest import DATA_ROOT, set_key
+from conftest import DATA_ROOT
 
 # Seed k of a K-seed program against the single run with seed + k, after a few steps. The
 # vmapped step runs the same arithmetic on the same numbers, but XLA may group and order the
@@ -47,8 +47,7 @@ def _smoke_mnist(method: str = 'slat', **overrides):
   config.eval.batch_size = 64
   config.train.checkpoint_every_steps = 4
   config.train.checkpoints_to_keep = 2
-  for key, value in overrides.items():
-    set_key(config, key, value)
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import set_key
 from configs import cifar_soft_quant
 from configs import mnist_soft_quant
 from latentadv import models
@@ -195,7 +194,7 @@ def test_training_noise_is_clipped_and_scaled_as_configured():
 ])
 def test_invalid_soft_quant_settings_are_rejected_with_the_key(key, value):
   config = mnist_soft_quant.get_config()
-  set_key(config, key, value)
+  config.update_from_flattened_dict({key: value})
   with pytest.raises(validation.ConfigError, match=re.escape(f'config.{key} = ')):
     validation.validate(config)
 

@@ -24,7 +24,7 @@ from latentadv import validation
 from latentadv.data import datasets
 from latentadv.data import readers
 
-from conftest import DATA_ROOT, REPO_ROOT, set_key
+from conftest import DATA_ROOT, REPO_ROOT
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '[a-z]*_*.py')))
 
@@ -59,7 +59,7 @@ def test_every_config_file_and_preset_is_valid(path, preset):
 ])
 def test_invalid_values_are_rejected_with_the_key(key, value, message):
   config = base_config.get_config()
-  set_key(config, key, value)
+  config.update_from_flattened_dict({key: value})
   with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
     validation.validate(config)
 
@@ -204,6 +204,28 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
                               final_variables(interrupted))
   assert [h['epoch'] for h in resumed['history']] == [1, 2]
   assert resumed['final']['pgd_accuracy'] == full['final']['pgd_accuracy']
+
+
+def test_resumed_stream_run_ends_equal_to_an_uninterrupted_in_memory_run(tmp_path):
+  config = base_config.apply_preset(base_config.get_config('smoke'), 'smoke')
+  config.method.name = 'fgsm_rs'
+  config.data.source, config.data.dir = 'local', os.path.join(DATA_ROOT, 'cifar10')
+  config.train.eval_every_epochs = 0
+  full = train.train_and_evaluate(config, str(tmp_path / 'memory'))
+  assert config.train.checkpoint_every_steps == full['steps'] // config.optim.epochs
+
+  config.data.pipeline = 'stream'
+  interrupted = str(tmp_path / 'stream')
+  train.train_and_evaluate(config, interrupted)
+  shutil.rmtree(os.path.join(interrupted, 'checkpoints', str(full['steps'])))
+  resumed = train.train_and_evaluate(config, interrupted)
+
+  def final_variables(workdir):
+    return train_state.restore_variables(workdir, evaluate.load_config(workdir))[1]
+  chex.assert_trees_all_equal(final_variables(str(tmp_path / 'memory')),
+                              final_variables(interrupted))
+  for key in ('clean_accuracy', 'pgd_accuracy'):
+    assert resumed['final'][key] == full['final'][key]
 
 
 def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
