@@ -93,9 +93,10 @@ def main(argv):
   if FLAGS.config.data.source == 'tfds':
     _hide_accelerators_from_tensorflow()
   logging.info('Config:\n%s', FLAGS.config)
+  preemption.install()
   try:
-    with preemption.handle_signals():
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    preemption.run_complete()
   except checkpoint.DiskFullError as error:
     # orbax's writer threads failed and cannot be shut down cleanly: leave at once, with the
     # message as the last line rather than their tracebacks at interpreter exit.

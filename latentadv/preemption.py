@@ -2,7 +2,7 @@
 
 Schedulers announce a preemption (a spot or preemptible machine taken back, a SLURM job at its
 time limit or preempted, a TPU VM's maintenance) with SIGTERM, and take the machine a little
-later. Inside `handle_signals()` (latentadv.main uses it):
+later. Once `install()` has run (latentadv.main runs it; `handle_signals()` for a block):
 
 - during training, SIGTERM or SIGINT lets the step in flight finish; the trainer then saves a
   checkpoint of that step with its progress record, writes its pending metrics and raises
@@ -17,6 +17,7 @@ later. Inside `handle_signals()` (latentadv.main uses it):
   the training is complete and checkpointed, and the rerun evaluates again.
 - a second signal while stopping is logged and changes nothing; SIGKILL abandons a save in
   flight, and the next run removes its temporary directory and resumes from the step before.
+- once results.json is written (`run_complete()`), a signal is logged and ignored.
 
 Test hook: with the environment variable LATENTADV_PAUSE_AT=<point>, the process waits at the
 named point (up to an hour, or until a stop signal) so that a test can signal or kill it
@@ -53,11 +54,15 @@ class _Handler:
     self.installed = False
     self.received = None  # the first stop signal's name (this process only)
     self.evaluating = False
+    self.complete = False
     self.previous = {}
 
   def on_signal(self, number, frame):
     del frame
     name = signal.Signals(number).name
+    if self.complete:
+      logging.warning('%s received after the run completed: ignored.', name)
+      return
     if self.received is not None:
       logging.warning('%s received while stopping after %s: ignored; the checkpoint being '
                       'saved completes (SIGKILL would abandon it and keep the previous one).',
@@ -84,12 +89,11 @@ def _pass_on_as_sigterm(number, frame):
   signal.raise_signal(signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def handle_signals():
-  """Within it, SIGTERM and SIGINT stop training at an agreed step (see the module docstring).
+def install():
+  """From now on SIGTERM and SIGINT stop training at an agreed step (see the module docstring).
 
   Call from the main thread, after parallel.initialize (which starts JAX's preemption service
-  in a multi-process run). The previous handlers are restored on exit.
+  in a multi-process run). latentadv.main installs them for the life of its process.
   """
   if _agreed_by_runtime():
     handlers = {signal.SIGINT: _pass_on_as_sigterm}
@@ -101,7 +105,14 @@ def handle_signals():
     handlers = {number: _handler.on_signal for number in SIGNALS}
   _handler.previous = {number: signal.signal(number, handler)
                        for number, handler in handlers.items()}
-  _handler.installed, _handler.received, _handler.evaluating = True, None, False
+  _handler.installed, _handler.received = True, None
+  _handler.evaluating = _handler.complete = False
+
+
+@contextlib.contextmanager
+def handle_signals():
+  """install() within it; the previous handlers are restored on exit."""
+  install()
   try:
     yield
   finally:
@@ -110,11 +121,17 @@ def handle_signals():
     _handler.installed, _handler.previous = False, {}
 
 
+def run_complete():
+  """From now on a signal is logged and ignored: results.json is written, and the process
+  ends with status 0."""
+  _handler.complete = True
+
+
 def stop_at(step: int) -> bool:
   """True if training stops after `step` (the number of steps done) because of a stop signal.
 
   Call once after every training step, in every process: with several processes it is True
-  at the same step in all of them. Always False outside `handle_signals()`.
+  at the same step in all of them. Always False before `install()`.
   """
   if not _handler.installed:
     return False
