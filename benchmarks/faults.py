@@ -391,14 +391,16 @@ def main(argv):
   others += damaged_inputs(reference, base, data_dir)
   interrupted = interruptions(reference, base, data_dir, FLAGS.tries, FLAGS.seed, run_seconds)
   rows = table(interrupted, others)
-  command = ('python benchmarks/faults.py --data_dir=../shared/data '
-             f'--tries={FLAGS.tries} --seed={FLAGS.seed}')
-  text = markdown(rows, command)
+  command = (f'python benchmarks/faults.py --data_dir={FLAGS.data_dir} --tries={FLAGS.tries} '
+             f'--seed={FLAGS.seed} --output={FLAGS.output}')
+  # The campaign's temporary folder is $TMP in what it writes.
+  text = markdown(rows, command).replace(base, '$TMP')
   print(text)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
-      json.dump({'command': command, 'uninterrupted_run_seconds': run_seconds, 'rows': rows,
-                 'interruptions': interrupted, 'other_faults': others}, f, indent=2)
+      f.write(json.dumps({'command': command, 'uninterrupted_run_seconds': run_seconds,
+                          'rows': rows, 'interruptions': interrupted, 'other_faults': others},
+                         indent=2).replace(base, '$TMP'))
     with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
       f.write(text)
   shutil.rmtree(base)

@@ -96,7 +96,7 @@ def main(argv):
   preemption.install()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    preemption.run_complete()
+    preemption.ignore_further_signals()
   except checkpoint.DiskFullError as error:
     # orbax's writer threads failed and cannot be shut down cleanly: leave at once, with the
     # message as the last line rather than their tracebacks at interpreter exit.
@@ -111,6 +111,7 @@ def main(argv):
              'disk space there (or use a --workdir on a larger disk) and run the same command '
              'again to resume.')
   except preemption.Preempted as stop:
+    preemption.ignore_further_signals()
     logging.warning('%s', stop)
     sys.exit(preemption.EXIT_CODE)
 

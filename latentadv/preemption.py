@@ -17,7 +17,8 @@ later. Once `install()` has run (latentadv.main runs it; `handle_signals()` for 
   the training is complete and checkpointed, and the rerun evaluates again.
 - a second signal while stopping is logged and changes nothing; SIGKILL abandons a save in
   flight, and the next run removes its temporary directory and resumes from the step before.
-- once results.json is written (`run_complete()`), a signal is logged and ignored.
+- once results.json is written, and once the exit status 75 is decided, signals are ignored
+  (`ignore_further_signals()`).
 
 Test hook: with the environment variable LATENTADV_PAUSE_AT=<point>, the process waits at the
 named point (up to an hour, or until a stop signal) so that a test can signal or kill it
@@ -54,15 +55,11 @@ class _Handler:
     self.installed = False
     self.received = None  # the first stop signal's name (this process only)
     self.evaluating = False
-    self.complete = False
     self.previous = {}
 
   def on_signal(self, number, frame):
     del frame
     name = signal.Signals(number).name
-    if self.complete:
-      logging.warning('%s received after the run completed: ignored.', name)
-      return
     if self.received is not None:
       logging.warning('%s received while stopping after %s: ignored; the checkpoint being '
                       'saved completes (SIGKILL would abandon it and keep the previous one).',
@@ -105,8 +102,7 @@ def install():
     handlers = {number: _handler.on_signal for number in SIGNALS}
   _handler.previous = {number: signal.signal(number, handler)
                        for number, handler in handlers.items()}
-  _handler.installed, _handler.received = True, None
-  _handler.evaluating = _handler.complete = False
+  _handler.installed, _handler.received, _handler.evaluating = True, None, False
 
 
 @contextlib.contextmanager
@@ -121,10 +117,14 @@ def handle_signals():
     _handler.installed, _handler.previous = False, {}
 
 
-def run_complete():
-  """From now on a signal is logged and ignored: results.json is written, and the process
-  ends with status 0."""
-  _handler.complete = True
+def ignore_further_signals():
+  """From now on SIGTERM and SIGINT are ignored, to the end of the process: call it once
+  results.json is written, or just before exiting with EXIT_CODE, so that a late signal
+  (even during the interpreter's shutdown, which would restore their default action to a
+  Python handler) cannot replace the exit status."""
+  for number in SIGNALS:
+    previous = signal.signal(number, signal.SIG_IGN)
+    _handler.previous.setdefault(number, previous)
 
 
 def stop_at(step: int) -> bool:

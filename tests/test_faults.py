@@ -74,7 +74,7 @@ def test_signals_stop_training_at_the_next_step_interrupt_what_follows_and_not_a
       time.sleep(5)
   with preemption.handle_signals():
     preemption.after_training()
-    preemption.run_complete()
+    preemption.ignore_further_signals()
     os.kill(os.getpid(), signal.SIGTERM)  # results.json is written: ignored
     time.sleep(0.1)
   assert not preemption.stop_at(4)  # outside handle_signals
