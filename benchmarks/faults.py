@@ -149,6 +149,9 @@ def _interrupt(workdir: str, data_dir: str, moment: str, number: int, delay: flo
                                                                    checkpoint.BEST_SUBDIR)
     landed = moment if _saving(folder) else 'just after the save'
   expected = -signal.SIGKILL if number == signal.SIGKILL else preemption.EXIT_CODE
+  with open(log_path) as log:
+    if number == signal.SIGTERM and preemption.INSTALLED not in log.read():
+      landed, expected = 'start-up, before the handlers', -signal.SIGTERM
   return {'moment': moment, 'signal': signal.Signals(number).name,
           'seconds_after_start': round(time.monotonic() - start, 2), 'landed': landed,
           'exit_status': status, 'expected_exit_status': status == expected or status == 0}

@@ -87,13 +87,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   compilation.enable_cache()
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  preemption.install()
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Only process 0 logs progress.
   logging.get_absl_logger().addFilter(_quiet_libraries)
   if FLAGS.config.data.source == 'tfds':
     _hide_accelerators_from_tensorflow()
   logging.info('Config:\n%s', FLAGS.config)
-  preemption.install()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     preemption.ignore_further_signals()

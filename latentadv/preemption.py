@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PAUSE_VARIABLE = 'LATENTADV_PAUSE_AT'
+INSTALLED = 'Stop signals handled'  # logged by install()
 _PAUSE_SECONDS = 3600.0
 
 
@@ -103,6 +104,8 @@ def install():
   _handler.previous = {number: signal.signal(number, handler)
                        for number, handler in handlers.items()}
   _handler.installed, _handler.received, _handler.evaluating = True, None, False
+  logging.info('%s: %s.', INSTALLED, 'SIGTERM and SIGINT save the step reached and exit with '
+               f'status {EXIT_CODE}' if handlers else 'SIGTERM and SIGINT keep their actions')
 
 
 @contextlib.contextmanager
