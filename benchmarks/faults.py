@@ -11,7 +11,8 @@ interruption, then:
   random moment, during a checkpoint save, during the collapse monitor's best-state save,
   during the final evaluation or while results.json is written (the test hook
   LATENTADV_PAUSE_AT=write:results.json, latentadv/preemption.py), then resumed with the same
-  command to the end. A run survived if the resumed run ended with exit status 0; it is
+  command to the end (a run that ends before its signal is started again and signalled
+  sooner, up to 4 times). A run survived if the resumed run ended with exit status 0; it is
   bitwise equal if its results.json (without timing fields) and its last and kept parameters
   equal the uninterrupted run's bit for bit.
 - a full disk: the run trains into a small tmpfs (needs `unshare -m`, i.e. root or user
@@ -60,6 +61,7 @@ _RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=l
 MOMENTS = ('a random moment', 'a checkpoint save', "the collapse monitor's best-state save",
            'the final evaluation', 'the write of results.json')
 _TIMING = ('seconds', 'per_second')
+_ATTEMPTS = 4
 
 
 def main_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
@@ -147,6 +149,9 @@ def _interrupt(workdir: str, data_dir: str, moment: str, number: int, delay: flo
                                                                    checkpoint.BEST_SUBDIR)
     landed = moment if _saving(folder) else 'just after the save'
   expected = -signal.SIGKILL if number == signal.SIGKILL else preemption.EXIT_CODE
+  with open(log_path) as log:
+    if number == signal.SIGTERM and preemption.INSTALLED not in log.read():
+      landed, expected = 'start-up, before the handlers', -signal.SIGTERM
   return {'moment': moment, 'signal': signal.Signals(number).name,
           'seconds_after_start': round(time.monotonic() - start, 2), 'landed': landed,
           'exit_status': status, 'expected_exit_status': status == expected or status == 0}
@@ -163,13 +168,22 @@ def interruptions(reference: str, base: str, data_dir: str, tries: int, seed: in
   records = []
   for k, (moment, number) in enumerate(plan):
     workdir = os.path.join(base, f'try_{k}')
-    delay = rng.uniform(0, run_seconds) if moment == MOMENTS[0] else rng.uniform(0, 1.0)
-    record = _interrupt(workdir, data_dir, moment, number, delay,
-                        os.path.join(base, f'try_{k}.log'))
+    fraction = rng.uniform(0, 1)
+    for attempt in range(1, _ATTEMPTS + 1):
+      # A run that ended before its signal is run again, signalled sooner.
+      delay = fraction * (run_seconds if moment == MOMENTS[0] else 0.5) / attempt
+      record = _interrupt(workdir, data_dir, moment, number, delay,
+                          os.path.join(base, f'try_{k}.log'))
+      if record['exit_status'] != 0:
+        break
+      run_seconds = min(run_seconds, record['seconds_after_start'])
+      if attempt < _ATTEMPTS:
+        shutil.rmtree(workdir)
+    record['attempts'] = attempt
     resumed = subprocess.run(main_command(workdir, data_dir), cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    record['survived'] = resumed.returncode == 0 and os.path.exists(
-        os.path.join(workdir, 'results.json'))
+    record['survived'] = (record['expected_exit_status'] and resumed.returncode == 0
+                          and os.path.exists(os.path.join(workdir, 'results.json')))
     record['bitwise_equal'] = record['survived'] and bitwise_equal(reference, workdir)
     print(f'try {k}: {record}', flush=True)
     records.append(record)
@@ -380,14 +394,16 @@ def main(argv):
   others += damaged_inputs(reference, base, data_dir)
   interrupted = interruptions(reference, base, data_dir, FLAGS.tries, FLAGS.seed, run_seconds)
   rows = table(interrupted, others)
-  command = ('python benchmarks/faults.py --data_dir=../shared/data '
-             f'--tries={FLAGS.tries} --seed={FLAGS.seed}')
-  text = markdown(rows, command)
+  command = (f'python benchmarks/faults.py --data_dir={FLAGS.data_dir} --tries={FLAGS.tries} '
+             f'--seed={FLAGS.seed} --output={FLAGS.output}')
+  # The campaign's temporary folder is $TMP in what it writes.
+  text = markdown(rows, command).replace(base, '$TMP')
   print(text)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
-      json.dump({'command': command, 'uninterrupted_run_seconds': run_seconds, 'rows': rows,
-                 'interruptions': interrupted, 'other_faults': others}, f, indent=2)
+      f.write(json.dumps({'command': command, 'uninterrupted_run_seconds': run_seconds,
+                          'rows': rows, 'interruptions': interrupted, 'other_faults': others},
+                         indent=2).replace(base, '$TMP'))
     with open(os.path.splitext(FLAGS.output)[0] + '.md', 'w') as f:
       f.write(text)
   shutil.rmtree(base)

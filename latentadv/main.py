@@ -116,6 +116,7 @@ def main(argv):
     python_logging.getLogger('jax').setLevel(python_logging.WARNING)
   compilation.enable_cache()
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  preemption.install()
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # Only process 0 logs progress.
   logging.get_absl_logger().addFilter(_quiet_libraries)
@@ -125,8 +126,8 @@ def main(argv):
                                config_flags.get_config_filename(FLAGS['config'])))
   logging.debug('Config:\n%s', FLAGS.config)
   try:
-    with preemption.handle_signals():
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    preemption.ignore_further_signals()
   except checkpoint.DiskFullError as error:
     # orbax's writer threads failed and cannot be shut down cleanly: leave at once, with the
     # message as the last line rather than their tracebacks at interpreter exit.
@@ -141,6 +142,7 @@ def main(argv):
              'disk space there (or use a --workdir on a larger disk) and run the same command '
              'again to resume.')
   except preemption.Preempted as stop:
+    preemption.ignore_further_signals()
     logging.warning('%s', stop)
     sys.exit(preemption.EXIT_CODE)
 

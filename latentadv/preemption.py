@@ -2,7 +2,7 @@
 
 Schedulers announce a preemption (a spot or preemptible machine taken back, a SLURM job at its
 time limit or preempted, a TPU VM's maintenance) with SIGTERM, and take the machine a little
-later. Inside `handle_signals()` (latentadv.main uses it):
+later. Once `install()` has run (latentadv.main runs it; `handle_signals()` for a block):
 
 - during training, SIGTERM or SIGINT lets the step in flight finish; the trainer then saves a
   checkpoint of that step with its progress record, writes its pending metrics and raises
@@ -17,6 +17,8 @@ later. Inside `handle_signals()` (latentadv.main uses it):
   the training is complete and checkpointed, and the rerun evaluates again.
 - a second signal while stopping is logged and changes nothing; SIGKILL abandons a save in
   flight, and the next run removes its temporary directory and resumes from the step before.
+- once results.json is written, and once the exit status 75 is decided, signals are ignored
+  (`ignore_further_signals()`).
 
 Test hook: with the environment variable LATENTADV_PAUSE_AT=<point>, the process waits at the
 named point (up to an hour, or until a stop signal) so that a test can signal or kill it
@@ -39,6 +41,7 @@ from jax.experimental import multihost_utils
 EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PAUSE_VARIABLE = 'LATENTADV_PAUSE_AT'
+INSTALLED = 'Stop signals handled'  # logged by install()
 _PAUSE_SECONDS = 3600.0
 
 
@@ -84,12 +87,11 @@ def _pass_on_as_sigterm(number, frame):
   signal.raise_signal(signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def handle_signals():
-  """Within it, SIGTERM and SIGINT stop training at an agreed step (see the module docstring).
+def install():
+  """From now on SIGTERM and SIGINT stop training at an agreed step (see the module docstring).
 
   Call from the main thread, after parallel.initialize (which starts JAX's preemption service
-  in a multi-process run). The previous handlers are restored on exit.
+  in a multi-process run). latentadv.main installs them for the life of its process.
   """
   if _agreed_by_runtime():
     handlers = {signal.SIGINT: _pass_on_as_sigterm}
@@ -102,6 +104,14 @@ def handle_signals():
   _handler.previous = {number: signal.signal(number, handler)
                        for number, handler in handlers.items()}
   _handler.installed, _handler.received, _handler.evaluating = True, None, False
+  logging.info('%s: %s.', INSTALLED, 'SIGTERM and SIGINT save the step reached and exit with '
+               f'status {EXIT_CODE}' if handlers else 'SIGTERM and SIGINT keep their actions')
+
+
+@contextlib.contextmanager
+def handle_signals():
+  """install() within it; the previous handlers are restored on exit."""
+  install()
   try:
     yield
   finally:
@@ -110,11 +120,21 @@ def handle_signals():
     _handler.installed, _handler.previous = False, {}
 
 
+def ignore_further_signals():
+  """From now on SIGTERM and SIGINT are ignored, to the end of the process: call it once
+  results.json is written, or just before exiting with EXIT_CODE, so that a late signal
+  (even during the interpreter's shutdown, which would restore their default action to a
+  Python handler) cannot replace the exit status."""
+  for number in SIGNALS:
+    previous = signal.signal(number, signal.SIG_IGN)
+    _handler.previous.setdefault(number, previous)
+
+
 def stop_at(step: int) -> bool:
   """True if training stops after `step` (the number of steps done) because of a stop signal.
 
   Call once after every training step, in every process: with several processes it is True
-  at the same step in all of them. Always False outside `handle_signals()`.
+  at the same step in all of them. Always False before `install()`.
   """
   if not _handler.installed:
     return False

@@ -51,7 +51,7 @@ while ((${#running[@]})); do
   finished=''
   code=0
   wait -n -p finished "${running[@]}" || code=$?
-  if [[ -z "$finished" ]]; then
+  if [[ -z "${finished:-}" ]]; then
     continue
   fi
   rest=()

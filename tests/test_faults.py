@@ -56,7 +56,7 @@ def test_sigterm_mid_run_saves_the_step_reached_and_the_rerun_ends_bitwise_equal
   assert faults.bitwise_equal(reference, stopped)
 
 
-def test_signals_stop_training_at_the_next_step_and_interrupt_what_follows_at_once():
+def test_signals_stop_training_at_the_next_step_interrupt_what_follows_and_not_a_complete_run():
   with preemption.handle_signals():
     assert not preemption.stop_at(1)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -72,6 +72,11 @@ def test_signals_stop_training_at_the_next_step_and_interrupt_what_follows_at_on
     with pytest.raises(preemption.Preempted, match='To evaluate, run the same command again'):
       os.kill(os.getpid(), signal.SIGTERM)
       time.sleep(5)
+  with preemption.handle_signals():
+    preemption.after_training()
+    preemption.ignore_further_signals()
+    os.kill(os.getpid(), signal.SIGTERM)  # results.json is written: ignored
+    time.sleep(0.1)
   assert not preemption.stop_at(4)  # outside handle_signals
 
 
