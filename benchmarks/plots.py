@@ -123,7 +123,7 @@ def main(path: str):
   stem = os.path.splitext(path)[0]
   if any(run['autoattack'] is not None for run in runs):
     robust_vs_time(runs, f'{stem}_robust_vs_time.png')
-  if results['settings'].get('num_seeds', 1) > 1:
+  if results.get('settings', {}).get('num_seeds', 1) > 1:
     pgd_per_epoch_by_seed(runs, f'{stem}_pgd_per_epoch.png')
   else:
     pgd_per_epoch(runs, f'{stem}_pgd_per_epoch.png')

@@ -147,7 +147,8 @@ def test_a_k_seed_program_is_tabulated_per_seed_and_skips_collapsed_seeds_if_ask
   assert [run['train_seconds'] for run in runs] == [10.0] * 3
   assert runs[1]['autoattack_skipped'] and runs[1]['autoattack'] is None
   table = (tmp_path / 'table.md').read_text()
-  assert ('| slat | 0.1 | 3 | 50.00 +- 0.00 | 20.00 +- 8.16 (PGD-50-2, 100) | 1 of 3 | '
+  assert [run['collapse_epochs'] for run in runs] == [[], [2], []]
+  assert ('| slat | 0.1 | 3 | 50.00 +- 0.00 | 20.00 +- 8.16 (PGD-50-2, 100) | 1 of 3 (epoch 2) | '
           '50.00 +- 0.00 / 25.00 +- 0.00 | 15.00 +- 5.00 (10; 2 not collapsed seeds) | 10 |'
           ) in table
 
@@ -189,6 +190,42 @@ def test_runs_recorded_in_the_output_count_as_finished_under_the_same_settings_o
   assert tabulated_runs(20) == []
 
 
+def test_overrides_of_checkpointing_alone_keep_recorded_runs(tmp_path):
+  output = tmp_path / 'table'
+  recorded = dict(_run('slat', 0.1, 0.8, 20.0), workdir='runs/x/slat_eps0.1_seed0', history=[])
+  settings = {'preset': '', 'overrides': ['train.checkpoint_every_steps=78'],
+              'pgd_examples': None, 'autoattack_examples': 10}
+  (tmp_path / 'table.json').write_text(json.dumps({'settings': settings, 'runs': [recorded]}))
+
+  def tabulated_runs(*overrides):
+    with flagsaver.flagsaver():
+      suite.FLAGS(['mnist_suite', '--methods=slat', '--seeds=0', '--eps=0.1', '--norun',
+                   '--autoattack_examples=10', f'--overrides={",".join(overrides)}',
+                   f'--root={tmp_path / "empty"}', f'--output={output}'])
+      suite.run_suite('mnist_suite', 'mnist', mnist_suite.METHODS, [0.3])
+    return json.loads((tmp_path / 'table.json').read_text())['runs']
+
+  assert tabulated_runs('train.checkpoints_to_keep=2') == [recorded]
+  assert tabulated_runs('optim.epochs=3') == []
+
+
+def test_the_per_seed_plot_has_a_panel_per_method(tmp_path, monkeypatch):
+  runs = [dict(_run(method, 0.1, 0.4, 100.0), seed=k, collapsed=k == 1,
+               collapse_epochs=[2] if k == 1 else [], autoattack=None,
+               history=[{'epoch': 1, 'pgd_accuracy': 0.2}, {'epoch': 2, 'pgd_accuracy': 0.0}])
+          for method in ('slat', 'fgsm_rs', 'n_fgsm') for k in range(3)]
+  path = tmp_path / 'seeds.json'
+  path.write_text(json.dumps({'settings': {'num_seeds': 3}, 'runs': runs}))
+  panels = []
+  plot = plots.pgd_per_epoch_by_seed
+  monkeypatch.setattr(plots, 'pgd_per_epoch_by_seed', lambda runs, out: (
+      panels.append(sorted({run['method'] for run in runs})), plot(runs, out)))
+  plots.main(str(path))
+  assert panels == [['fgsm_rs', 'n_fgsm', 'slat']]
+  assert (tmp_path / 'seeds_pgd_per_epoch.png').stat().st_size > 0
+  assert not (tmp_path / 'seeds_robust_vs_time.png').exists()
+
+
 def test_plots_give_each_of_twelve_methods_its_own_colour_and_write_both_figures(tmp_path):
   methods = [f'method_{i}' for i in range(12)]
   runs = [dict(_run(method, eps, 0.4, 100.0 + i), history=[
@@ -216,7 +253,7 @@ def test_throughput_times_each_method_and_k_seeds_and_reports_flops_and_peak_fra
     tmp_path):
   results = _throughput(tmp_path, '--methods=standard,pgd', '--dtypes=float32',
                         '--seeds_method=standard', '--num_seeds=2', '--seed_loops=unroll',
-                        '--peak_tflops=0.5', '--budget_s=120', '--timing_fraction=0.5')
+                        '--peak_tflops=0.5', '--budget_s=600', '--timing_fraction=0.5')
   runs = {(run['method'], run['seed_loop'], run['num_seeds']): run for run in results['runs']}
   assert sorted(runs) == [('pgd', 'single', 1), ('standard', 'single', 1),
                           ('standard', 'unroll', 2)]
@@ -249,3 +286,30 @@ def test_throughput_stops_at_its_budget_and_writes_what_it_did_not_reach(tmp_pat
   assert results['machine']['peak_tflops'] == {'float32': None}
   assert 'Not reached within the budget: standard float32 single K=1' in (
       tmp_path / 'throughput_cpu.md').read_text()
+
+
+def _workdir(path, results, params):
+  """A workdir with `results` as results.json and one checkpoint (step 4) of `params`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  os.makedirs(path)
+  (path / 'results.json').write_text(json.dumps(results))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(str(path / 'checkpoints' / '4' / 'state'), {'params': params})
+  return str(path)
+
+
+def test_same_run_finds_a_changed_figure_or_bit_and_ignores_timings(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import same_run  # pylint: disable=g-import-not-at-top
+  params = {'w': np.linspace(0, 1, 6, dtype=np.float32)}
+  results = {'final': {'clean_accuracy': 0.5, 'seconds': 3.0}, 'history': [{'epoch': 1}]}
+  reference = _workdir(tmp_path / 'a', results, params)
+  slower = _workdir(tmp_path / 'b', {**results, 'final': {'clean_accuracy': 0.5, 'seconds': 9.0},
+                                      'new_key': 1}, params)
+  assert same_run.differences(reference, slower) == ([], ['only in B: new_key'])
+  nudged = {'w': params['w'].copy()}
+  nudged['w'][3] = np.nextafter(nudged['w'][3], np.float32(2))
+  changed = _workdir(tmp_path / 'c', {**results, 'final': {'clean_accuracy': 0.25}}, nudged)
+  found, _ = same_run.differences(reference, changed)
+  assert len(found) == 2 and found[0].startswith('final.clean_accuracy: 0.5 != 0.25')
+  assert 'params/w' in found[1]
