@@ -373,7 +373,7 @@ def markdown(rows: list[dict], command: str) -> str:
   for row in rows:
     note = row.get('note') or ', '.join(f'{n} {where}' for where, n in
                                          sorted(row.get('landed', {}).items())
-                                         if where != row['fault'].split(' during ')[-1])
+                                         if not row['fault'].endswith(where))
     lines.append(f'| {row["fault"]} | {row["tries"]} | {row["survived"]} | '
                  f'{row["bitwise_equal"]} | {note.replace("|", "/")} |')
   return '\n'.join(lines) + '\n'

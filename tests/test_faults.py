@@ -80,7 +80,7 @@ def test_signals_stop_training_at_the_next_step_interrupt_what_follows_and_not_a
   assert not preemption.stop_at(4)  # outside handle_signals
 
 
-def test_a_full_disk_during_a_save_ends_with_one_line_and_the_run_resumes_later(
+def test_a_full_disk_during_a_save_ends_with_one_line_and_keeps_the_step_before(
     tmp_path, monkeypatch):
   workdir, state = str(tmp_path), {'w': jnp.arange(3.0)}
   checkpoints = checkpoint.Checkpoints(workdir, every_steps=1, keep=3,
@@ -100,13 +100,12 @@ def test_a_full_disk_during_a_save_ends_with_one_line_and_the_run_resumes_later(
   assert 'Fix: free disk space' in message
   monkeypatch.undo()
 
-  resumed = checkpoint.Checkpoints(workdir, every_steps=1, keep=3, remove_interrupted_saves=True)
+  # What a resumed run finds (it also deletes the unfinished step's temporary folder; the
+  # campaign, benchmarks/faults.py, resumes a run on a real full disk).
+  resumed = checkpoint.Checkpoints(workdir, every_steps=1, keep=3)
   assert resumed.all_steps() == [1]
   restored, _ = resumed.restore(checkpoint.abstract_like(state))
   assert (restored['w'] == state['w']).all()
-  resumed.save(2, state, {'history': []})
-  resumed.close()
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '2']
 
 
 def _one_line_data_error(data_config, split: str) -> str:
