@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app
@@ -49,10 +48,9 @@ from absl import flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+from benchmarks import same_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from latentadv import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from latentadv import evaluate
 from latentadv import preemption
-from latentadv import train_state
 
 FLAGS = flags.FLAGS
 TOTAL_STEPS = 32
@@ -60,7 +58,6 @@ _RUN_FLAGS = ('--config=configs/mnist_fgsm_rs.py:smoke', '--config.data.source=l
               '--config.data.num_train_examples=1024')
 MOMENTS = ('a random moment', 'a checkpoint save', "the collapse monitor's best-state save",
            'the final evaluation', 'the write of results.json')
-_TIMING = ('seconds', 'per_second')
 _ATTEMPTS = 4
 
 
@@ -70,34 +67,12 @@ def main_command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
           f'--config.data.dir={os.path.join(data_dir, "mnist")}', *overrides]
 
 
-def without_timing(record):
-  """`record` (results.json) without the entries whose names say they are timings."""
-  if isinstance(record, dict):
-    return {key: without_timing(value) for key, value in record.items()
-            if not any(word in key for word in _TIMING)}
-  if isinstance(record, list):
-    return [without_timing(value) for value in record]
-  return record
-
-
 def bitwise_equal(reference: str, workdir: str) -> bool:
-  """True if `workdir` ended as `reference` did: results.json without timings, and the
-  last and kept parameters (and model state), bit for bit."""
-  records = []
-  for directory in (reference, workdir):
-    with open(os.path.join(directory, 'results.json')) as f:
-      records.append(without_timing(json.load(f)))
-  if records[0] != records[1]:
-    return False
-  for state in checkpoint.STATES:
-    first, second = [train_state.restore_variables(d, evaluate.load_config(d), state)[1]
-                     for d in (reference, workdir)]
-    if jax.tree.structure(first) != jax.tree.structure(second) or any(
-        np.asarray(a).dtype != np.asarray(b).dtype or
-        np.asarray(a).tobytes() != np.asarray(b).tobytes()
-        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second))):
-      return False
-  return True
+  """True if `workdir` ended as `reference` did (benchmarks/same_run.py): every entry of
+  results.json but the timings, and every train state checkpointed last (last and best),
+  bit for bit."""
+  found, notes = same_run.differences(reference, workdir)
+  return not found and not notes
 
 
 def _saving(directory: str) -> bool:
