@@ -86,7 +86,7 @@ def test_norun_tabulates_finished_runs_and_skips_missing_ones(tmp_path):
   table = (tmp_path / 'table.md').read_text()
   assert ('| standard | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | not monitored | 90.00 / 0.00 '
           '| 0.00 (10) | 12 | 1.00 |') in table
-  assert ('| slat | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 1 of 1 | 50.00 / 25.00 '
+  assert ('| slat | 0.1 | 1 | 90.00 | 0.00 (PGD-50-10, 100) | 1 of 1 (epoch 4) | 50.00 / 25.00 '
           '| not run (1000) | 24 | 2.00 |') in table
 
 

@@ -21,8 +21,8 @@ from conftest import DATA_ROOT, REPO_ROOT
 
 # The campaign's run (32 steps, a checkpoint every 8) without its periodic and monitor attacks.
 _QUICK = ('--config.train.eval_every_epochs=0', '--config.train.collapse_monitor_examples=0',
-          '--config.eval.n_examples=64', '--config.eval.pgd_steps=2',
-          '--config.eval.pgd_restarts=1')
+          '--config.eval.n_examples=64', '--config.eval.pgd.steps=2',
+          '--config.eval.pgd.restarts=1')
 
 
 def test_sigterm_mid_run_saves_the_step_reached_and_the_rerun_ends_bitwise_equal(tmp_path):

@@ -91,7 +91,7 @@ def test_two_processes_train_the_same_parameters_as_one(tmp_path, two_process_ru
       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '4'},
       capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
-  assert launched_stderr.count('Training fgsm_rs on mnist') == 1  # Process 0 logs alone.
+  assert launched_stderr.count('fgsm_rs on mnist (mnist_cnn') == 1  # Process 0 logs alone.
 
   for workdir in (one, two):
     with open(os.path.join(workdir, 'results.json')) as f:
