@@ -298,18 +298,27 @@ def _workdir(path, results, params):
   return str(path)
 
 
+def _same_run(a, b):
+  """Runs benchmarks/same_run.py as a user does; returns (exit status, output lines)."""
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'same_run.py'),
+                           a, b], capture_output=True, text=True, check=False)
+  return result.returncode, result.stdout.splitlines()
+
+
 def test_same_run_finds_a_changed_figure_or_bit_and_ignores_timings(tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from benchmarks import same_run  # pylint: disable=g-import-not-at-top
   params = {'w': np.linspace(0, 1, 6, dtype=np.float32)}
   results = {'final': {'clean_accuracy': 0.5, 'seconds': 3.0}, 'history': [{'epoch': 1}]}
   reference = _workdir(tmp_path / 'a', results, params)
   slower = _workdir(tmp_path / 'b', {**results, 'final': {'clean_accuracy': 0.5, 'seconds': 9.0},
                                       'new_key': 1}, params)
-  assert same_run.differences(reference, slower) == ([], ['only in B: new_key'])
+  status, lines = _same_run(reference, slower)
+  assert status == 0 and lines[0] == 'only in B: new_key' and lines[-1].endswith('the same run')
   nudged = {'w': params['w'].copy()}
   nudged['w'][3] = np.nextafter(nudged['w'][3], np.float32(2))
   changed = _workdir(tmp_path / 'c', {**results, 'final': {'clean_accuracy': 0.25}}, nudged)
-  found, _ = same_run.differences(reference, changed)
-  assert len(found) == 2 and found[0].startswith('final.clean_accuracy: 0.5 != 0.25')
-  assert 'params/w' in found[1]
+  status, lines = _same_run(reference, changed)
+  differences = [line for line in lines if line.startswith('DIFFERENT')]
+  assert status == 1 and len(differences) == 2 and lines[-1].endswith('2 differences')
+  assert differences[0] == 'DIFFERENT final.clean_accuracy: 0.5 != 0.25'
+  assert 'params/w: differs' in differences[1]
