@@ -101,6 +101,13 @@ def _monitored_pgd(record: dict) -> float | None:
   return record.get('monitor_pgd_accuracy', record.get('co_pgd_accuracy'))
 
 
+def _best_monitored_pgd(run: dict) -> float | None:
+  """The highest PGD accuracy the collapse monitor saw in a run (None if it was not monitored):
+  a run that never rises above collapse_drop has nothing to fall from and is never flagged."""
+  monitored = [_monitored_pgd(entry) for entry in run['history']]
+  return max((value for value in monitored if value is not None), default=None)
+
+
 def _autoattack_cell(row: dict) -> str:
   """A suite summary row's AutoAttack-style cell, with its number of points."""
   evaluated = row.get('autoattack_seeds', row['seeds'])
@@ -147,13 +154,14 @@ def suite_runs(name: str, up: str) -> str:
       if run.get('collapse_epochs'):
         collapsed += f' (epoch {run["collapse_epochs"][0]})'
       rows.append([f'`{run["method"]}`', _eps(run['eps']), _seed(run), collapsed,
+                   _pct(_best_monitored_pgd(run)),
                    f'{_pct(run["clean"])} / {_pct(run["pgd"])}', kept,
                    f'{_pct(run.get("kept_clean"))} / {_pct(run.get("kept_pgd"))}', autoattack])
     if summary['seeds'] > 1:
       seeds = summary['seeds']
       collapsed = ('-' if summary.get('collapsed') is None
                    else f'{summary["collapsed"]} of {seeds}')
-      rows.append([f'`{summary["method"]}`', _eps(summary['eps']), 'mean +- std', collapsed,
+      rows.append([f'`{summary["method"]}`', _eps(summary['eps']), 'mean +- std', collapsed, '',
                    f'{_pct(summary["clean"], summary["clean_std"], seeds)} / '
                    f'{_pct(summary["pgd"], summary["pgd_std"], seeds)}', '',
                    f'{_pct(summary["kept_clean"], summary["kept_clean_std"], seeds)} / '
@@ -161,7 +169,7 @@ def suite_runs(name: str, up: str) -> str:
                    _autoattack_cell(summary)])
   first = record['summary'][0]
   return _caption([name], up, record) + '\n\n' + _table(
-      ['method', 'eps', 'seed', 'collapsed', f'last state: clean / {first["pgd_attack"]} % '
+      ['method', 'eps', 'seed', 'collapsed', 'best monitored PGD-10 %', f'last state: clean / {first["pgd_attack"]} % '
        f'({first["pgd_examples"]})', 'kept state', 'kept state: clean / PGD %',
        'AutoAttack-style %, kept state (n)'], rows)
 
@@ -250,6 +258,33 @@ def slat_latent_radius(up: str) -> str:
               'AutoAttack-style % (n)'], rows))
 
 
+def slat_against_authors(up: str) -> str:
+  """SLAT's five-seed program at 16/255 (`:cpu`) beside the authors' SLAT code run at the same
+  scale: per seed the collapse, the best PGD-10 accuracy the collapse monitor saw, the PGD-10
+  accuracy on the periodic test subset after each epoch and the final states."""
+  ours_name, theirs_name = 'cifar_suite_seeds.json', 'slat_authors_code.json'
+  ours, theirs = _load(ours_name), _load(theirs_name)
+  runs = [('latentadv', run) for run in ours['runs']
+          if run['method'] == 'slat' and abs(run['eps'] - theirs['eps']) < 1e-9]
+  runs += [("authors' code", run) for run in theirs['runs']]
+  epochs = max(len(run['history']) for _, run in runs)
+  rows = []
+  for code, run in sorted(runs, key=lambda item: (_seed(item[1]), item[0] != 'latentadv')):
+    collapsed = 'no'
+    if run['collapse_epochs']:
+      collapsed = f'yes (epoch {run["collapse_epochs"][0]})'
+    kept = f'epoch {run["kept_epoch"]}' if run['kept_state'] == 'best' else 'last'
+    rows.append([code, _seed(run), collapsed, _pct(_best_monitored_pgd(run)),
+                 *[_pct(entry['pgd_accuracy']) for entry in run['history']],
+                 *[''] * (epochs - len(run['history'])),
+                 f'{_pct(run["clean"])} / {_pct(run["pgd"])}', kept,
+                 f'{_pct(run["kept_clean"])} / {_pct(run["kept_pgd"])}'])
+  return _caption([ours_name, theirs_name], up, theirs) + '\n\n' + _table(
+      ['code', 'seed', 'collapsed', 'best monitored PGD-10 %',
+       *[str(epoch + 1) for epoch in range(epochs)],
+       f'last: clean / {theirs["pgd_attack"]} %', 'kept state', 'kept: clean / PGD %'], rows)
+
+
 def vs_autoattack(up: str) -> str:
   """Our evaluator against the reference AutoAttack and foolbox on the same model and points."""
   name = 'vs_autoattack_cifar_slat_1000.json'
@@ -308,6 +343,7 @@ TABLES: dict[str, Callable[[str], str]] = {
     'cifar_monitored': lambda up: suite_runs('cifar_suite_monitored.json', up),
     'cifar_seeds': lambda up: suite_runs('cifar_suite_seeds.json', up),
     'slat_latent_radius': slat_latent_radius,
+    'slat_against_authors': slat_against_authors,
     'vs_autoattack': vs_autoattack,
     'vs_pytorch': vs_pytorch,
 }
