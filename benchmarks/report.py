@@ -342,6 +342,7 @@ TABLES: dict[str, Callable[[str], str]] = {
     'cifar_per_epoch_16': lambda up: suite_per_epoch('cifar_suite.json', 16 / 255, up),
     'cifar_monitored': lambda up: suite_runs('cifar_suite_monitored.json', up),
     'cifar_seeds': lambda up: suite_runs('cifar_suite_seeds.json', up),
+    'cifar_slat_clean_pass_bn': lambda up: suite_runs('cifar_suite_slat_bn.json', up),
     'slat_latent_radius': slat_latent_radius,
     'slat_against_authors': slat_against_authors,
     'vs_autoattack': vs_autoattack,
