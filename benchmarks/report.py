@@ -108,6 +108,25 @@ def _best_monitored_pgd(run: dict) -> float | None:
   return max((value for value in monitored if value is not None), default=None)
 
 
+def _collapsed_cell(run: dict) -> str:
+  """'yes (epoch N)' for a run the monitor flagged (N: its first collapse), 'no', or
+  'not monitored'."""
+  cell = {True: 'yes', False: 'no', None: 'not monitored'}[run.get('collapsed')]
+  return cell + (f' (epoch {run["collapse_epochs"][0]})' if run.get('collapse_epochs') else '')
+
+
+def _kept_cell(run: dict) -> str:
+  """Which state a run kept: 'epoch N' for the best monitored one, else 'last'."""
+  return (f'epoch {run["kept_epoch"]}' if run.get('kept_state') == 'best'
+          else run.get('kept_state', 'last'))
+
+
+def _epoch_cells(run: dict, epochs: int) -> list[str]:
+  """A run's PGD accuracy on the periodic test subset after each epoch, padded to `epochs`."""
+  return [_pct(entry['pgd_accuracy']) for entry in run['history']] + [''] * (
+      epochs - len(run['history']))
+
+
 def _autoattack_cell(row: dict) -> str:
   """A suite summary row's AutoAttack-style cell, with its number of points."""
   evaluated = row.get('autoattack_seeds', row['seeds'])
@@ -146,16 +165,11 @@ def suite_runs(name: str, up: str) -> str:
     group = [run for run in record['runs']
              if (run['method'], run['eps']) == (summary['method'], summary['eps'])]
     for run in sorted(group, key=lambda run: _seed(run) or 0):
-      kept = (f'epoch {run["kept_epoch"]}' if run.get('kept_state') == 'best'
-              else run.get('kept_state', 'last'))
       autoattack = ('skipped (collapsed)' if run.get('autoattack_skipped')
                     else f'{_pct(run["autoattack"])} ({run["autoattack_examples"]})')
-      collapsed = {True: 'yes', False: 'no', None: 'not monitored'}[run.get('collapsed')]
-      if run.get('collapse_epochs'):
-        collapsed += f' (epoch {run["collapse_epochs"][0]})'
-      rows.append([f'`{run["method"]}`', _eps(run['eps']), _seed(run), collapsed,
+      rows.append([f'`{run["method"]}`', _eps(run['eps']), _seed(run), _collapsed_cell(run),
                    _pct(_best_monitored_pgd(run)),
-                   f'{_pct(run["clean"])} / {_pct(run["pgd"])}', kept,
+                   f'{_pct(run["clean"])} / {_pct(run["pgd"])}', _kept_cell(run),
                    f'{_pct(run.get("kept_clean"))} / {_pct(run.get("kept_pgd"))}', autoattack])
     if summary['seeds'] > 1:
       seeds = summary['seeds']
@@ -169,9 +183,9 @@ def suite_runs(name: str, up: str) -> str:
                    _autoattack_cell(summary)])
   first = record['summary'][0]
   return _caption([name], up, record) + '\n\n' + _table(
-      ['method', 'eps', 'seed', 'collapsed', 'best monitored PGD-10 %', f'last state: clean / {first["pgd_attack"]} % '
-       f'({first["pgd_examples"]})', 'kept state', 'kept state: clean / PGD %',
-       'AutoAttack-style %, kept state (n)'], rows)
+      ['method', 'eps', 'seed', 'collapsed', 'best monitored PGD-10 %',
+       f'last state: clean / {first["pgd_attack"]} % ({first["pgd_examples"]})', 'kept state',
+       'kept state: clean / PGD %', 'AutoAttack-style %, kept state (n)'], rows)
 
 
 def suite_per_epoch(name: str, eps: float, up: str) -> str:
@@ -179,9 +193,7 @@ def suite_per_epoch(name: str, eps: float, up: str) -> str:
   record = _load(name)
   runs = [run for run in record['runs'] if abs(run['eps'] - eps) < 1e-9]
   epochs = max(len(run['history']) for run in runs)
-  rows = [[f'`{run["method"]}`', _seed(run),
-           *[_pct(entry['pgd_accuracy']) for entry in run['history']],
-           *[''] * (epochs - len(run['history'])),
+  rows = [[f'`{run["method"]}`', _seed(run), *_epoch_cells(run, epochs),
            f'{_pct(run["clean"])} / {_pct(run["pgd"])}'] for run in runs]
   return _caption([name], up, record) + '\n\n' + _table(
       ['method', 'seed', *[str(epoch + 1) for epoch in range(epochs)],
@@ -268,17 +280,10 @@ def slat_against_authors(up: str) -> str:
           if run['method'] == 'slat' and abs(run['eps'] - theirs['eps']) < 1e-9]
   runs += [("authors' code", run) for run in theirs['runs']]
   epochs = max(len(run['history']) for _, run in runs)
-  rows = []
-  for code, run in sorted(runs, key=lambda item: (_seed(item[1]), item[0] != 'latentadv')):
-    collapsed = 'no'
-    if run['collapse_epochs']:
-      collapsed = f'yes (epoch {run["collapse_epochs"][0]})'
-    kept = f'epoch {run["kept_epoch"]}' if run['kept_state'] == 'best' else 'last'
-    rows.append([code, _seed(run), collapsed, _pct(_best_monitored_pgd(run)),
-                 *[_pct(entry['pgd_accuracy']) for entry in run['history']],
-                 *[''] * (epochs - len(run['history'])),
-                 f'{_pct(run["clean"])} / {_pct(run["pgd"])}', kept,
-                 f'{_pct(run["kept_clean"])} / {_pct(run["kept_pgd"])}'])
+  rows = [[code, _seed(run), _collapsed_cell(run), _pct(_best_monitored_pgd(run)),
+           *_epoch_cells(run, epochs), f'{_pct(run["clean"])} / {_pct(run["pgd"])}',
+           _kept_cell(run), f'{_pct(run["kept_clean"])} / {_pct(run["kept_pgd"])}']
+          for code, run in sorted(runs, key=lambda item: (_seed(item[1]), item[0] != 'latentadv'))]
   return _caption([ours_name, theirs_name], up, theirs) + '\n\n' + _table(
       ['code', 'seed', 'collapsed', 'best monitored PGD-10 %',
        *[str(epoch + 1) for epoch in range(epochs)],
